@@ -1,0 +1,137 @@
+"""Relative depth from Depth-Anything-V2, computed the way the official ``infer_image`` does.
+
+``estimate_depth`` returns relative inverse depth (larger = nearer) at each image's own size;
+``depth_prior`` turns it into the 0..1 map PDFNet was trained with (per-image min-max, 8-bit).
+Images arrive as RGB (ComfyUI's layout); the official function takes BGR from cv2 and swaps it
+itself, so the network sees the same RGB either way.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from pdfnet_core.images import chunks, group_by_size, imagenet_normalize, to_rgb_list
+from pdfnet_core.models.depth_anything import PATCH_SIZE
+
+DEFAULT_INPUT_SIZE = 518
+DEFAULT_BATCH_SIZE = 4
+Progress = Callable[[int, int], None]
+
+
+def network_size(height: int, width: int, input_size: int = DEFAULT_INPUT_SIZE) -> tuple[int, int]:
+    """The (h, w) the official preprocessing resizes an image to.
+
+    Aspect kept so that both sides are at least ``input_size``; each side is rounded to the
+    nearest multiple of 14 (half to even, like numpy), or up if that falls below ``input_size``.
+    There is no upper clamp, and the long side may round down, so the aspect is only approximate.
+    """
+    scale_h = input_size / height
+    scale_w = input_size / width
+    scale = scale_w if scale_w > scale_h else scale_h   # the official tie goes to height
+
+    def side(length: int) -> int:
+        v = scale * length / PATCH_SIZE
+        n = round(v) * PATCH_SIZE             # Python's round is half-to-even, as np.round
+        return n if n >= input_size else math.ceil(v) * PATCH_SIZE
+
+    return side(height), side(width)
+
+
+def preprocess(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """[B,3,H,W] RGB in 0..1 -> the normalised float32 network input [B,3,*size].
+
+    Bicubic (a=-0.75, half-pixel) without antialias and without clamping, done in float64 as the
+    official cv2 call on a float64 image: antialiasing, uint8 resizing or clamping each move the
+    output by 0.1-0.2.
+    """
+    x = images.to(torch.float64)
+    if tuple(x.shape[-2:]) != tuple(size):
+        x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=False)
+    return imagenet_normalize(x).to(torch.float32)
+
+
+def postprocess(depth: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """[B,h,w] network output -> [B,H,W] float32 at the source size (bilinear, align_corners=True)."""
+    return F.interpolate(depth[:, None].float(), size=size, mode="bilinear", align_corners=True)[:, 0]
+
+
+def _model_placement(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    p = next(model.parameters(), None)
+    return (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.float32)
+
+
+def _check_arguments(input_size: int, batch_size: int) -> None:
+    if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < PATCH_SIZE:
+        raise ValueError(f"input_size must be an integer >= {PATCH_SIZE}, got {input_size!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+
+
+def estimate_depth(images: Any, model: torch.nn.Module, input_size: int = DEFAULT_INPUT_SIZE,
+                   batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None,
+                   name: str = "images") -> list[torch.Tensor]:
+    """Relative inverse depth for each image, as a list of [H,W] float32 CPU tensors.
+
+    ``images``: anything ``images.to_rgb_list`` accepts (PIL, numpy HxWx3 uint8, torch
+    [B,H,W,3] 0..1, or a list of those; gray and RGBA are converted).  Images of one size run
+    through ``model`` together, ``batch_size`` at a time, on the model's device and dtype.
+    ``progress(done, total)`` is called after each batch, counting images.
+    """
+    _check_arguments(input_size, batch_size)
+    rgb = to_rgb_list(images, name)
+    for i, im in enumerate(rgb):
+        h, w = im.shape[-2:]
+        if h < PATCH_SIZE or w < PATCH_SIZE:
+            raise ValueError(f"{name}[{i}] is {h}x{w}: depth needs images of at least "
+                             f"{PATCH_SIZE}x{PATCH_SIZE} pixels (one patch)")
+    device, dtype = _model_placement(model)
+    results: list[torch.Tensor | None] = [None] * len(rgb)
+    done = 0
+    for (h, w), indices in group_by_size(rgb).items():
+        target = network_size(h, w, input_size)
+        for batch in chunks(indices, batch_size):
+            # resized one by one: a batch of large float64 sources would cost 24 bytes/pixel
+            x = torch.cat([preprocess(rgb[i][None], target) for i in batch])
+            with torch.inference_mode():
+                depth = model(x.to(device=device, dtype=dtype))
+                depth = postprocess(depth, (h, w)).cpu()
+            if not torch.isfinite(depth).all():
+                raise FloatingPointError(
+                    f"the depth model produced NaN or inf for {name}{list(batch)} in {dtype}; "
+                    "half precision can overflow here: load the model in float32 or bfloat16")
+            for i, d in zip(batch, depth):
+                results[i] = d.clone()   # own storage, so one map does not pin the whole batch
+            done += len(batch)
+            if progress is not None:
+                progress(done, len(rgb))
+    return results  # type: ignore[return-value]
+
+
+def normalize_depth(depth: torch.Tensor, quantize: bool = True) -> torch.Tensor:
+    """Per-map min-max to 0..1, optionally quantised to 8 bits as PDFNet's training depth was.
+
+    The training maps were ``(d - min) / (max - min) * 255`` written by ``cv2.imwrite``, whose
+    float-to-uint8 conversion rounds half to even and saturates; ``torch.round`` rounds the same
+    way.  (The files were JPEG as well; that lossy step is not reproduced.)  A constant map has
+    no depth information and gives zeros rather than NaN.
+    """
+    d = depth.float()
+    lo, hi = d.min(), d.max()
+    if not bool(hi > lo):
+        return torch.zeros_like(d)
+    scaled = (d - lo) / (hi - lo) * 255.0
+    if quantize:
+        scaled = torch.round(scaled).clamp_(0, 255)
+    return scaled / 255.0
+
+
+def depth_prior(images: Any, model: torch.nn.Module, quantize: bool = True,
+                input_size: int = DEFAULT_INPUT_SIZE, batch_size: int = DEFAULT_BATCH_SIZE,
+                progress: Progress | None = None, name: str = "images") -> list[torch.Tensor]:
+    """PDFNet's depth input: per-image 0..1 depth (near = 1) at each source size, float32 CPU."""
+    depths = estimate_depth(images, model, input_size, batch_size, progress, name)
+    return [normalize_depth(d, quantize) for d in depths]
+

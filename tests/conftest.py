@@ -1,0 +1,24 @@
+"""Shared test fixtures: where the reference facts live, and quiet, deterministic torch."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+REFERENCE_DIR = Path(os.environ.get("PDFNET_REFERENCE", ROOT.parent / "shared" / "reference"))
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    if not REFERENCE_DIR.is_dir():
+        pytest.fail(f"reference facts not found at {REFERENCE_DIR}; set PDFNET_REFERENCE")
+    return REFERENCE_DIR
