@@ -88,20 +88,24 @@ def test_depth_scale_does_not_matter_and_constant_depth_is_defined(model, refere
     assert torch.isfinite(flat).all()
 
 
-def test_banded_tail_equals_one_piece_computation(model):
+def _official_tail(dec, x6, mix):
+    """The decoder's last steps in one piece, as the official code writes them."""
+    up = lambda t, size: torch.nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=True)
+    s = x6.shape[-1]
+    shallow = dec.shallow(up(x6, (4 * s, 4 * s)))
+    half = (mix.shape[-2] * 2, mix.shape[-1] * 2)
+    f = dec.upsample1(up(mix, half) + up(shallow, half))
+    return dec.Bside[0](dec.upsample2(up(f, (s, s)) + shallow))
+
+
+@pytest.mark.parametrize("band_rows", [1, 5, 16, 64])
+def test_streamed_tail_equals_the_one_piece_official_tail(model, band_rows):
+    from pdfnet_core.models.pdfnet_tail import streamed_tail
+
     torch.manual_seed(0)
     dec = model.decoder
-    x6 = torch.randn(2, 6, 64, 64)
-    f = torch.randn(2, 128, 32, 32)
+    x6, mix = torch.randn(2, 6, 64, 64), torch.randn(2, 128, 16, 16)
     with torch.no_grad():
-        full_shallow = dec.shallow(torch.nn.functional.interpolate(x6, size=(256, 256), mode="bilinear", align_corners=True))
-        full_final = dec.Bside[0](dec.upsample2(torch.nn.functional.interpolate(f, size=(64, 64), mode="bilinear", align_corners=True) + full_shallow))
-        old = dec.band_rows
-        try:
-            for rows in (5, 16, 64):
-                dec.band_rows = rows
-                shallow = dec.shallow_features(x6)
-                assert _max_abs(shallow, full_shallow) <= 1e-5
-                assert _max_abs(dec.final_head(f, full_shallow), full_final) <= 1e-5
-        finally:
-            dec.band_rows = old
+        expected = _official_tail(dec, x6, mix)
+        got = streamed_tail(dec.shallow, dec.upsample1[0], dec.upsample2[0], dec.Bside[0], x6, mix, band_rows)
+    assert _max_abs(got, expected) <= 1e-5

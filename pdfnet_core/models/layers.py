@@ -95,13 +95,19 @@ def linear_taps(n_in: int, n_out: int, device=None) -> tuple[torch.Tensor, torch
     return i0, i1, w1
 
 
-def resize_rows(x: torch.Tensor, n_out: int, rows: slice, width: int) -> torch.Tensor:
-    """Rows ``rows`` of ``resize(x, (n_out, width))``, computed from the source rows they need only."""
-    i0, i1, w1 = linear_taps(x.shape[-2], n_out, x.device)
-    i0, i1, w1 = i0[rows], i1[rows], w1[rows].to(x.dtype)
+def resize_rows(x: torch.Tensor, n_out: int, rows: slice, width: int, n_in: int | None = None,
+                offset: int = 0) -> torch.Tensor:
+    """Rows ``rows`` of ``resize(source, (n_out, width))``, computed from the source rows they need.
+
+    ``x`` holds source rows ``[offset, offset + x.shape[-2])`` of a source with ``n_in`` rows
+    (default: ``x`` is the whole source).
+    """
+    n_in = x.shape[-2] if n_in is None else n_in
+    i0, i1, w1 = linear_taps(n_in, n_out, x.device)
+    i0, i1, w1 = i0[rows] - offset, i1[rows] - offset, w1[rows].to(x.dtype)
+    if int(i0.min()) < 0 or int(i1.max()) >= x.shape[-2]:
+        raise IndexError("resize_rows: the source rows needed are not all present")
     lo = int(i0.min())
     src = x[..., lo:int(i1.max()) + 1, :]
-    a = src.index_select(-2, i0 - lo)
-    b = src.index_select(-2, i1 - lo)
-    band = torch.lerp(a, b, w1[:, None])
+    band = torch.lerp(src.index_select(-2, i0 - lo), src.index_select(-2, i1 - lo), w1[:, None])
     return resize(band, (band.shape[-2], width))

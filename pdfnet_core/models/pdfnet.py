@@ -6,8 +6,8 @@ where it is wasteful we compute the same numbers differently:
 * cross-modal attention uses ``scaled_dot_product_attention`` instead of materialising the
   up-to 16384 x 16384 score matrix;
 * the full-resolution tail (the shallow path's 4x bilinear up-sampling before a stride-4 conv, and
-  the last two 3x3 convolutions) runs in horizontal bands, so neither the 6-channel 4x image nor
-  several full-resolution 128-channel maps exist at once;
+  the last 3x3 convolutions) is streamed over horizontal bands (pdfnet_tail.py), so neither the
+  6-channel 4x image nor any full-resolution 128-channel map exists at once;
 * the patch branch encodes its tiles in chunks.
 Depth is min-max normalised per item (the official code uses one min/max for the whole batch,
 which makes a result depend on its batch mates), and a constant depth map becomes all zeros
@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import ConvRMSSiLU, RMSNorm, SwiGLU, conv_rms_silu, resize, resize_like, resize_rows
+from .layers import RMSNorm, SwiGLU, conv_rms_silu, resize, resize_like
+from .pdfnet_tail import streamed_tail
 from .swin import SWIN_B_PDFNET, SwinConfig, SwinTransformer
 
 # The FSE selects patch tiles whose boundary is non-empty; "boundary" is a hard threshold of this
@@ -209,16 +210,6 @@ class FSE(nn.Module):
         return img_out, depth_out, patch_out
 
 
-def _conv_rows(conv: nn.Conv2d, x: torch.Tensor, pad_top: int, pad_bottom: int) -> torch.Tensor:
-    """A 3x3 'same' conv on a band of rows: halo rows come from ``x``, zero rows only at the image edge."""
-    x = F.pad(x, (0, 0, pad_top, pad_bottom))
-    return F.conv2d(x, conv.weight, conv.bias, padding=(0, conv.padding[1]))
-
-
-def _crs_rows(block: ConvRMSSiLU, x: torch.Tensor, pad_top: int, pad_bottom: int) -> torch.Tensor:
-    return block.norm_act(_conv_rows(block[0], x, pad_top, pad_bottom))
-
-
 class PDFDecoder(nn.Module):
     def __init__(self, config: PDFNetConfig):
         super().__init__()
@@ -247,44 +238,9 @@ class PDFDecoder(nn.Module):
             sides.append(side)
             prev = (i, d, p)
         del prev, i, d, p
-        shallow = self.shallow_features(torch.cat([img, depth3], dim=1))
-        half = (mix.shape[-2] * 2, mix.shape[-1] * 2)
-        f = self.upsample1(resize(mix, half) + resize(shallow, half))
-        final = self.final_head(f, shallow)
+        final = streamed_tail(self.shallow, self.upsample1[0], self.upsample2[0], self.Bside[0],
+                              torch.cat([img, depth3], dim=1), mix, self.band_rows)
         return final, (sides[::-1] if with_sides else None)
-
-    def _bands(self, rows: int):
-        step = max(1, self.band_rows)
-        for a in range(0, rows, step):
-            yield a, min(rows, a + step)
-
-    def shallow_features(self, x6: torch.Tensor) -> torch.Tensor:
-        """shallow(resize(x6, 4x)) computed band by band; equals the one-piece official path."""
-        b, _, h, w = x6.shape
-        conv4, crs = self.shallow
-        out = None
-        for a, z in self._bands(h):
-            ca, cz = max(a - 1, 0), min(z + 1, h)  # stride-4 rows needed by the 3x3 conv's halo
-            up = resize_rows(x6, 4 * h, slice(4 * ca, 4 * cz), 4 * w)
-            y = _crs_rows(crs, conv4(up), ca - (a - 1), (z + 1) - cz)
-            if out is None:
-                out = y.new_empty(b, y.shape[1], h, w)
-            out[:, :, a:z] = y
-        return out
-
-    def final_head(self, f: torch.Tensor, shallow: torch.Tensor) -> torch.Tensor:
-        """Bside[0](upsample2(resize(f, full) + shallow)), band by band."""
-        b, _, h, w = shallow.shape
-        crs = self.upsample2[0]
-        head = self.Bside[0]
-        out = shallow.new_empty(b, 1, h, w)
-        for a, z in self._bands(h):
-            ga, gz = max(a - 1, 0), min(z + 1, h)   # rows of upsample2 output needed by Bside[0]
-            fa, fz = max(ga - 1, 0), min(gz + 1, h)  # rows of its input needed by its 3x3 conv
-            x = resize_rows(f, h, slice(fa, fz), w) + shallow[:, :, fa:fz]
-            g = _crs_rows(crs, x, fa - (ga - 1), (gz + 1) - fz)
-            out[:, :, a:z] = _conv_rows(head, g, ga - (a - 1), (z + 1) - gz)
-        return out
 
 
 # --------------------------------------------------------------------------------------------
