@@ -1,0 +1,109 @@
+"""Seconds and peak memory of one PDFNet forward at several sizes (prints numbers; asserts nothing).
+
+Each size runs in a fresh subprocess so that peak RSS belongs to that size alone:
+    python benchmarks/bench_pdfnet.py                     # 512, 1024, 2048 on the CPU, fp32, batch 1
+    python benchmarks/bench_pdfnet.py --sizes 1024 --dtype bf16 --device cuda --repeats 3
+Weights are the deterministic synthetic ones (speed and memory do not depend on the values); pass
+--weights to time a real checkpoint.  "before" is the RSS after loading, "peak" the process maximum,
+so "peak - before" is what one forward costs.  GPU runs also print torch's peak allocated memory.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = ROOT.parent / "shared" / "reference"
+# Measured with the official code on this 2-core CPU (fp32, batch 1), from the issue.
+OFFICIAL = {512: (9.8, 1.66), 1024: (21.8, 3.92)}
+
+
+def _rss_gib() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * resource.getpagesize() / 2**30
+
+
+def child(size: int, dtype_name: str, device: str, repeats: int, weights: str | None, threads: int) -> dict:
+    sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+    import torch
+
+    from pdfnet_core.pdfnet_loader import load_pdfnet
+    from pdfnet_core.weights import DTYPES
+
+    torch.set_num_threads(threads)
+    model = load_pdfnet(weights, device=device, dtype=DTYPES[dtype_name])
+    with torch.no_grad():  # one small warm-up pass: kernel selection and one-time allocations
+        model(torch.zeros(1, 3, 64, 64, device=device, dtype=DTYPES[dtype_name]), torch.rand(1, 1, 64, 64, device=device))
+    image = torch.randn(1, 3, size, size, device=device, dtype=DTYPES[dtype_name])
+    depth = torch.rand(1, 1, size, size, device=device)
+    before = _rss_gib()
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    with torch.no_grad():
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            out = model(image, depth)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+    result = {
+        "size": size, "dtype": dtype_name, "device": device, "seconds": times,
+        "before_gib": before, "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "finite": bool(torch.isfinite(out).all()),
+    }
+    if device.startswith("cuda"):
+        result["cuda_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048])
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--weights")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        print(json.dumps(child(args.sizes[0], args.dtype, args.device, args.repeats, args.weights, args.threads)))
+        return
+    weights = args.weights
+    if weights is None:  # synthetic weights in a file, loaded by each child as a user's file would be
+        sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+        import tempfile
+
+        from safetensors.torch import save_file
+        from synthetic_pdfnet import synthetic_state_dict
+
+        weights = str(Path(tempfile.mkdtemp(prefix="pdfnet_bench_")) / "pdfnet_synthetic.safetensors")
+        save_file(synthetic_state_dict(REFERENCE), weights)
+    print(f"{'size':>6} {'dtype':>5} {'device':>6} {'seconds':>9} {'before GiB':>11} {'peak GiB':>9} "
+          f"{'forward GiB':>12}  vs official (s, peak GiB)")
+    for size in args.sizes:
+        cmd = [sys.executable, __file__, "--child", "--sizes", str(size), "--dtype", args.dtype,
+               "--device", args.device, "--repeats", str(args.repeats), "--threads", str(args.threads),
+               "--weights", weights]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode:
+            print(f"{size:>6} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr else proc.returncode}")
+            continue
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        sec = statistics.median(r["seconds"])
+        ref = OFFICIAL.get(size)
+        vs = f"{sec / ref[0]:.2f}x time, {r['peak_gib'] / ref[1]:.2f}x peak" if ref and args.device == "cpu" else ""
+        extra = f" cuda peak {r['cuda_peak_gib']:.2f} GiB" if "cuda_peak_gib" in r else ""
+        print(f"{size:>6} {r['dtype']:>5} {r['device']:>6} {sec:>9.2f} {r['before_gib']:>11.2f} {r['peak_gib']:>9.2f} "
+              f"{r['peak_gib'] - r['before_gib']:>12.2f}  {vs}{extra}{'' if r['finite'] else '  NON-FINITE OUTPUT'}")
+
+
+if __name__ == "__main__":
+    main()
