@@ -90,24 +90,63 @@ def _resize_ac(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------
+# segmentation model types
+
+
+@dataclass(frozen=True)
+class SegmenterKind:
+    """How segment() drives one family of segmentation models."""
+
+    name: str
+    needs_depth: bool
+    logits: Callable[[nn.Module, torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+
+def _pdfnet_logits(model: nn.Module, image: torch.Tensor, depth: torch.Tensor | None) -> torch.Tensor:
+    return model(image, depth)
+
+
+def _image_only_logits(model: nn.Module, image: torch.Tensor, depth: torch.Tensor | None) -> torch.Tensor:
+    return model(image)
+
+
+# Keyed by class name so that this module needs no import of the model modules.
+SEGMENTERS: dict[str, SegmenterKind] = {
+    "PDFNet": SegmenterKind("PDFNet", needs_depth=True, logits=_pdfnet_logits),
+    "BiRefNet": SegmenterKind("BiRefNet", needs_depth=False, logits=_image_only_logits),
+}
+
+
+def segmenter_kind(model: nn.Module) -> SegmenterKind:
+    for cls in type(model).__mro__:
+        if cls.__name__ in SEGMENTERS:
+            return SEGMENTERS[cls.__name__]
+    raise TypeError(f"segment() does not know how to run a {type(model).__name__}; "
+                    f"expected one of {sorted(SEGMENTERS)} (load it with load_pdfnet or load_birefnet)")
+
+
+# --------------------------------------------------------------------------------------------
 # test-time augmentation
 
 
-def tta_logits(model: nn.Module, image: torch.Tensor, depth: torch.Tensor, scales: Sequence[float]) -> torch.Tensor:
+def tta_logits(model: nn.Module, image: torch.Tensor, depth: torch.Tensor | None, scales: Sequence[float],
+               kind: SegmenterKind | None = None) -> torch.Tensor:
     """Mean logits over horizontal flip x scales, each pass mapped back to the input size.
 
     As the paper's evaluation (ttach): bilinear align_corners=False for the scale changes.
     """
+    kind = kind or segmenter_kind(model)
     size = image.shape[-1]
     total = None
     passes = 0
     for scale in scales:
         side = max(32, int(round(size * scale / 32)) * 32)
         img_s = _resize_plain(image, side)
-        dep_s = _resize_plain(depth, side)
+        dep_s = None if depth is None else _resize_plain(depth, side)
         for flip in (False, True):
-            i, d = (img_s.flip(-1), dep_s.flip(-1)) if flip else (img_s, dep_s)
-            out = model(i, d)
+            i = img_s.flip(-1) if flip else img_s
+            d = dep_s.flip(-1) if flip and dep_s is not None else dep_s
+            out = kind.logits(model, i, d)
             out = out.flip(-1) if flip else out
             out = _resize_plain(out, size).float()
             total = out if total is None else total + out
@@ -133,7 +172,8 @@ def segment(images: Any, depth: Any = None, model: nn.Module | None = None, *,
     images: PIL image(s), numpy array(s) or a torch [B,H,W,3] / [H,W,3] float tensor (ComfyUI IMAGE).
     depth:  depth maps matching the images (any scale; larger = nearer), or None to compute the
             prior with ``depth_model`` (Depth-Anything-V2).
-    model:  a PDFNet from ``load_pdfnet``.  ``segment(model, images, depth)`` works too.
+    model:  a PDFNet from ``load_pdfnet`` (or a BiRefNet from ``load_birefnet``, which needs no
+            depth).  ``segment(model, images, depth)`` works too.
     options / overrides: see SegmentOptions (e.g. ``size=1024, resize="pad", tta=True``).
     progress(done, total) is called after every batch; raising from it stops the work.
     """
@@ -142,8 +182,9 @@ def segment(images: Any, depth: Any = None, model: nn.Module | None = None, *,
     if model is None:
         raise ValueError("segment() needs a model: pass model=load_pdfnet(path)")
     opts = _options(options, overrides)
+    kind = segmenter_kind(model)
     rgb = to_rgb_list(images, "images")
-    depths = _depth_maps(rgb, depth, depth_model, opts)
+    depths = _depth_maps(rgb, depth, depth_model, opts) if kind.needs_depth else None
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
     order = list(range(len(rgb)))
@@ -154,10 +195,11 @@ def segment(images: Any, depth: Any = None, model: nn.Module | None = None, *,
         # Normalising before the resize is the same affine map; it lets the padded canvas be the
         # mean colour (zero after normalisation).
         x = torch.cat([p.to_network(imagenet_normalize(rgb[i][None]), "constant") for p, i in zip(places, batch)])
-        d = torch.cat([p.to_network(depths[i][None, None], "replicate") for p, i in zip(places, batch)])
+        d = None if depths is None else \
+            torch.cat([p.to_network(depths[i][None, None], "replicate") for p, i in zip(places, batch)]).to(device)
         with torch.no_grad():
-            x, d = x.to(device, dtype), d.to(device)
-            logits = tta_logits(model, x, d, opts.tta_scales) if opts.tta else model(x, d)
+            x = x.to(device, dtype)
+            logits = tta_logits(model, x, d, opts.tta_scales, kind) if opts.tta else kind.logits(model, x, d)
             alpha = logits.float().sigmoid()
         for k, (i, place) in enumerate(zip(batch, places)):
             h, w = rgb[i].shape[-2:]

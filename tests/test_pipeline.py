@@ -127,5 +127,7 @@ def test_bad_arguments_are_clear_errors(model, kwargs, match):
 def test_unknown_option_and_missing_model():
     with pytest.raises(TypeError, match="unexpected options"):
         pdfnet_core.segment(_scene(8, 8), np.ones((8, 8)), torch.nn.Linear(1, 1), sizee=64)
+    with pytest.raises(TypeError, match="does not know how to run a Linear"):
+        pdfnet_core.segment(_scene(8, 8), np.ones((8, 8)), torch.nn.Linear(1, 1))
     with pytest.raises(ValueError, match="needs a model"):
         pdfnet_core.segment(_scene(8, 8), np.ones((8, 8)))
