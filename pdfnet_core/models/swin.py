@@ -118,16 +118,18 @@ class WindowAttention(nn.Module):
         Returns the heads concatenated, before ``proj`` (the caller applies it to real tokens only).
         """
         n, nw, length, c3 = qkv_windows.shape
-        heads = self.num_heads
-        qkv = qkv_windows.view(n, nw, length, 3, heads, c3 // (3 * heads)).permute(3, 0, 1, 4, 2, 5)
-        q, k, v = qkv.unbind(0)  # each [N, nW, heads, L, d]
-        scores = torch.matmul(q * self.scale, k.transpose(-2, -1))
-        bias = self.relative_bias().to(scores.dtype)  # [heads, L, L]
+        heads, d = self.num_heads, c3 // (3 * self.num_heads)
+        # Windows are folded into the head dimension ([N, nW*heads, L, d]) so that one additive
+        # bias of shape [nW*heads, L, L] (relative position + shift mask) broadcasts over the images
+        # and the fused CPU/GPU attention kernels can be used.
+        qkv = qkv_windows.view(n, nw, length, 3, heads, d).permute(3, 0, 1, 4, 2, 5).reshape(3, n, nw * heads, length, d)
+        q, k, v = qkv.unbind(0)
+        bias = self.relative_bias().to(q.dtype)[None]  # [1, heads, L, L]
         if mask is not None:
-            bias = bias + mask.to(scores.dtype)[:, None]  # [nW, heads, L, L]
-        scores += bias
-        out = torch.matmul(scores.softmax(dim=-1), v)
-        return out.transpose(2, 3).reshape(n, nw, length, c3 // 3)
+            bias = bias + mask.to(q.dtype)[:, None]  # [nW, heads, L, L]
+        bias = bias.expand(nw, heads, length, length).reshape(1, nw * heads, length, length)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+        return out.view(n, nw, heads, length, d).transpose(2, 3).reshape(n, nw, length, c3 // 3)
 
 
 @dataclass(frozen=True)
