@@ -21,6 +21,8 @@ _EXPORTS = {
     "load_depth_anything": "pdfnet_core.depth_anything_loader",
     "estimate_depth": "pdfnet_core.depth",
     "depth_prior": "pdfnet_core.depth",
+    "load_birefnet": "pdfnet_core.birefnet_loader",
+    "BiRefNet": "pdfnet_core.models.birefnet",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -19,6 +19,9 @@ ARCHS = ("pdfnet", "depth_anything", "birefnet", "segrefiner")
 FOLDER_KEYS = ("pdfnet", "depthanything", "birefnet", "segrefiner")
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+# BiRefNet's two patch-channel orders (pdfnet_core.models.birefnet.PATCH_ORDERS); kept as names here so
+# that the registry stays importable without torch.
+PATCH_ORDERS = ("current", "legacy")
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,10 @@ class ModelEntry:
     ``filename`` is the local name (and the registry key); ``hf_filename`` the path inside the hub
     repository (the same unless given).  ``variant`` is the size variant where an architecture has
     several (Depth-Anything ``vits``/``vitb``/``vitl``) and None where it has one.
+    Several files may share one hub name (every BiRefNet repository holds ``model.safetensors``); the
+    local name, which keys the registry, then says which it is.  ``train_hw`` is the (height, width)
+    the weights were trained at, where it matters to the caller; ``patch_order`` is BiRefNet's
+    patch-channel order, None where it is not known.
     """
 
     filename: str
@@ -41,6 +48,8 @@ class ModelEntry:
     revision: str = "main"
     size_bytes: int | None = None
     sha256: str | None = None
+    train_hw: tuple[int, int] | None = None
+    patch_order: str | None = None
 
     def __post_init__(self) -> None:
         if not self.hf_filename:
@@ -56,6 +65,11 @@ class ModelEntry:
             raise ValueError(f"registry entry {self.filename!r}: size_bytes must be positive or None")
         if self.sha256 is not None and not _SHA256.fullmatch(self.sha256):
             raise ValueError(f"registry entry {self.filename!r}: sha256 must be 64 lowercase hex digits or None")
+        if self.patch_order is not None and self.patch_order not in PATCH_ORDERS:
+            raise ValueError(f"registry entry {self.filename!r}: patch_order must be one of {PATCH_ORDERS} or None")
+        if self.train_hw is not None and (len(self.train_hw) != 2 or min(self.train_hw) <= 0 or
+                                          any(s % 32 for s in self.train_hw)):
+            raise ValueError(f"registry entry {self.filename!r}: train_hw must be (height, width), multiples of 32")
 
 
 # Licences: Depth-Anything-V2 per NOTES (Small Apache-2.0, Base/Large CC-BY-NC-4.0); Kijai's
@@ -91,6 +105,45 @@ def _depth_anything_entries() -> tuple[ModelEntry, ...]:
     return tuple(entries)
 
 
+# BiRefNet: every ZhengPeng7 repository holds its weights as ``model.safetensors``; the local name is the
+# repository name (lldacing and 1038lab also name files after the variant).  Patch order, from the release
+# dates in the official README: weights released before the order change of 2024-11-05 (commit 5198d3f)
+# were trained with the legacy order; BiRefNet_HR (2025-02-01), _HR-matting (2025-02-12) and _dynamic
+# (2025-03-31) with the current one.  Where no release date is documented the order is left unknown
+# (None; the loader then uses "current" and the user can override it).  No real checkpoint was
+# available to confirm any of these.  The dynamic variants have no single training size (None).
+_BIREFNET_LICENCE = "MIT (ZhengPeng7/BiRefNet code and model cards)"
+_BIREFNET_REPOS = (
+    # repo, backbone, (train height, width), patch order, description
+    ("BiRefNet", "swin_v1_l", (1024, 1024), "legacy", "general use (DIS, HRSOD, COD and more), 1024x1024"),
+    ("BiRefNet_HR", "swin_v1_l", (2048, 2048), "current", "general use, trained at 2048x2048 (high-resolution images)"),
+    ("BiRefNet_HR-matting", "swin_v1_l", (2048, 2048), "current", "general matting, trained at 2048x2048"),
+    ("BiRefNet_dynamic", "swin_v1_l", None, "current",
+     "general use, trained at dynamic resolutions 256-2304: run near the image's own size (multiples of 32)"),
+    ("BiRefNet_dynamic-matting", "swin_v1_l", None, None,
+     "general matting, dynamic resolutions: run near the image's own size (multiples of 32)"),
+    ("BiRefNet_512x512", "swin_v1_l", (512, 512), None, "general use at 512x512"),
+    ("BiRefNet-portrait", "swin_v1_l", (1024, 1024), "legacy", "portrait segmentation"),
+    ("BiRefNet-matting", "swin_v1_l", (1024, 1024), "legacy", "general trimap-free matting"),
+    ("BiRefNet-DIS5K", "swin_v1_l", (1024, 1024), "legacy", "the paper's DIS model (trained on DIS5K-TR)"),
+    ("BiRefNet-DIS5K-TR_TEs", "swin_v1_l", (1024, 1024), "legacy", "DIS, trained on DIS5K-TR and the test sets"),
+    ("BiRefNet-HRSOD", "swin_v1_l", (1024, 1024), "legacy", "high-resolution salient object detection (paper)"),
+    ("BiRefNet-COD", "swin_v1_l", (1024, 1024), "legacy", "camouflaged object detection (paper)"),
+    ("BiRefNet-legacy", "swin_v1_l", (1024, 1024), "legacy", "the first general-use release"),
+    ("BiRefNet_lite", "swin_v1_t", (1024, 1024), "legacy", "Swin-T: faster, lighter general use, 1024x1024"),
+    ("BiRefNet_lite-2K", "swin_v1_t", (1440, 2560), "legacy", "Swin-T general use at 2560x1440 (width x height)"),
+    ("BiRefNet_lite-matting", "swin_v1_t", (1024, 1024), None, "Swin-T general matting"),
+)
+
+
+def _birefnet_entries() -> tuple[ModelEntry, ...]:
+    return tuple(
+        ModelEntry(f"{repo}.safetensors", "birefnet", variant, f"ZhengPeng7/{repo}", "birefnet", _BIREFNET_LICENCE,
+                   f"BiRefNet ({'Swin-L' if variant == 'swin_v1_l' else 'Swin-T'}): {description}",
+                   hf_filename="model.safetensors", train_hw=train_hw, patch_order=order)
+        for repo, variant, train_hw, order, description in _BIREFNET_REPOS)
+
+
 def _build(entries: tuple[ModelEntry, ...]) -> Mapping[str, ModelEntry]:
     table: dict[str, ModelEntry] = {}
     for entry in entries:
@@ -100,7 +153,7 @@ def _build(entries: tuple[ModelEntry, ...]) -> Mapping[str, ModelEntry]:
     return MappingProxyType(table)
 
 
-REGISTRY: Mapping[str, ModelEntry] = _build(_pdfnet_entries() + _depth_anything_entries())
+REGISTRY: Mapping[str, ModelEntry] = _build(_pdfnet_entries() + _depth_anything_entries() + _birefnet_entries())
 
 
 def known_files(folder_key: str) -> list[ModelEntry]:
