@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 import pdfnet_core
+import pdfnet_core.images
 from pdfnet_core.pipeline import Placement, pad_placement, squash_placement, tta_logits
 from pdfnet_fixtures import case_dir, load
 from synthetic_dam2 import key_shapes, synth_state_dict
@@ -131,3 +132,20 @@ def test_unknown_option_and_missing_model():
         pdfnet_core.segment(_scene(8, 8), np.ones((8, 8)), torch.nn.Linear(1, 1))
     with pytest.raises(ValueError, match="needs a model"):
         pdfnet_core.segment(_scene(8, 8), np.ones((8, 8)))
+
+
+def test_segment_runs_a_birefnet_without_depth(reference_dir):
+    from synthetic_birefnet import synthetic_state_dict as birefnet_weights
+
+    model = pdfnet_core.load_birefnet(birefnet_weights(reference_dir, "swin_v1_t"))
+    img = _scene(50, 70)
+    out = pdfnet_core.segment(img, model=model, size=64, resize="pad")[0]
+    assert out.shape == (50, 70) and 0 <= out.min() and out.max() <= 1
+    with torch.no_grad():
+        x = torch.nn.functional.interpolate(
+            pdfnet_core.images.imagenet_normalize(torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255),
+            size=(64, 64), mode="bilinear", align_corners=True)
+        expected = torch.nn.functional.interpolate(model(x).sigmoid(), size=(50, 70), mode="bilinear",
+                                                   align_corners=False, antialias=True)[0, 0]
+    squash = pdfnet_core.segment(img, model=model, size=64)[0]
+    assert (squash - expected).abs().max() <= 1e-5
