@@ -9,7 +9,8 @@ the float <-> 8-bit conversions), pymatting's numba `estimate_foreground_ml`, an
 islands, scipy.ndimage.label (PIL has no equivalent). Prints a table and ratios ours/theirs; nothing
 is asserted. Each case runs in a fresh process so one case's allocations and JIT threads do not
 bleed into the next; memory is the peak RSS during the call minus RSS before it (first run), time is
-the best of --repeat runs after a small warm-up call (numba compiles there).
+the best of --repeat runs (one run at 4096² and above) after a small warm-up call (numba compiles
+there); cpu is the process's CPU time, less sensitive than wall time to other load on the machine.
 """
 from __future__ import annotations
 
@@ -219,24 +220,29 @@ def _status_kib(key: str) -> int:
 
 
 def child(case: str, size: int, repeat: int) -> dict:
+    import ctypes
+
     sys.path.insert(0, str(ROOT))
     CASES[case](scene(32))()  # warm-up: imports, numba compilation, torch first-call paths
     run = CASES[case](scene(size))
-    times, peak = [], None
+    libc = ctypes.CDLL("libc.so.6")
+    wall, cpu, peak = [], [], None
     for k in range(repeat):
+        libc.malloc_trim(0)  # hand freed heap back, so the next peak counts only this call
         before = _status_kib("VmRSS")
         try:
             with open("/proc/self/clear_refs", "w") as f:  # reset the peak-RSS counter
                 f.write("5")
         except OSError:
             pass
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = run()
-        times.append(time.perf_counter() - t0)
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
         if k == 0:
             peak = (_status_kib("VmHWM") - before) / 1024
         del out
-    return {"time_s": min(times), "peak_mib": peak}
+    return {"time_s": min(wall), "cpu_s": min(cpu), "peak_mib": peak}
 
 
 # --------------------------------------------------------------------------------------------
@@ -258,9 +264,26 @@ def main() -> None:
         return
 
     env = dict(os.environ, OMP_NUM_THREADS=THREADS, NUMBA_NUM_THREADS=THREADS, MKL_NUM_THREADS=THREADS)
+    # Memory is measured in a second run with a fixed mmap threshold, which makes glibc return every
+    # large buffer to the OS when freed, so the peak-RSS delta counts the call's own allocations
+    # rather than reused heap. It also makes every large allocation page-fault, so that run is not
+    # timed.
+    mem_env = dict(env, MALLOC_MMAP_THRESHOLD_="65536")
+
+    def measure(case: str, size: int, repeat: int, environment: dict) -> dict | str:
+        cmd = [sys.executable, __file__, "--child", case, str(size), "--repeat", str(repeat)]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, env=environment, timeout=args.timeout)
+        except subprocess.TimeoutExpired:
+            return f"timed out (> {args.timeout} s)"
+        if done.returncode != 0:
+            return "failed: " + (done.stderr.strip().splitlines() or ["?"])[-1]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
     results: dict[tuple[str, int], dict | str] = {}
     print(f"CPU: {os.cpu_count()} cores visible, {THREADS} threads per library; repeat={args.repeat}")
-    print(f"{'case':42s} {'size':>6s} {'time s':>9s} {'peak MiB':>9s}")
+    print(f"load average at start: {os.getloadavg()[0]:.2f} (the machine is shared: wall times are noisy)")
+    print(f"{'case':42s} {'size':>6s} {'wall s':>9s} {'cpu s':>9s} {'peak MiB':>9s}")
     for size in args.sizes:
         for case in CASES:
             if args.cases and not any(s in case for s in args.cases):
@@ -269,27 +292,23 @@ def main() -> None:
                 results[case, size] = f"skipped (> --pymatting-max {args.pymatting_max})"
                 print(f"{case:42s} {size:6d} {results[case, size]}")
                 continue
-            cmd = [sys.executable, __file__, "--child", case, str(size), "--repeat",
-                   str(1 if size >= 4096 else args.repeat)]
-            try:
-                done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
-                if done.returncode != 0:
-                    results[case, size] = "failed: " + done.stderr.strip().splitlines()[-1]
-                else:
-                    results[case, size] = json.loads(done.stdout.strip().splitlines()[-1])
-            except subprocess.TimeoutExpired:
-                results[case, size] = f"timed out (> {args.timeout} s)"
+            timed = measure(case, size, 1 if size >= 4096 else args.repeat, env)
+            if isinstance(timed, dict):
+                mem = measure(case, size, 1, mem_env)
+                timed["peak_mib"] = mem["peak_mib"] if isinstance(mem, dict) else float("nan")
+            results[case, size] = timed
             r = results[case, size]
-            line = f"{r['time_s']:9.3f} {r['peak_mib']:9.1f}" if isinstance(r, dict) else r
+            line = f"{r['time_s']:9.3f} {r['cpu_s']:9.3f} {r['peak_mib']:9.1f}" if isinstance(r, dict) else r
             print(f"{case:42s} {size:6d} {line}", flush=True)
 
-    print("\nratios ours / theirs (time, peak memory; < 1 means ours is faster / smaller)")
+    print("\nratios ours / theirs (wall time, cpu time, peak memory; < 1 means ours is faster / smaller)")
     for size in args.sizes:
         for label, ours, theirs in RATIOS:
             a, b = results.get((ours, size)), results.get((theirs, size))
             if isinstance(a, dict) and isinstance(b, dict):
-                mem = a["peak_mib"] / b["peak_mib"] if b["peak_mib"] > 0 else float("nan")
-                print(f"  {size:5d}  {label:46s} time {a['time_s'] / b['time_s']:7.2f}x   memory {mem:7.2f}x")
+                mem = a["peak_mib"] / b["peak_mib"] if b["peak_mib"] > 0.05 else float("nan")
+                print(f"  {size:5d}  {label:46s} wall {a['time_s'] / b['time_s']:6.2f}x  "
+                      f"cpu {a['cpu_s'] / b['cpu_s']:6.2f}x  memory {mem:6.2f}x")
             elif a is not None or b is not None:
                 print(f"  {size:5d}  {label:46s} n/a ({a if not isinstance(a, dict) else b})")
 

@@ -1,8 +1,9 @@
 """Alpha compositing, premultiplication, RGBA packing and ComfyUI mask polarity.
 
 Images are ComfyUI IMAGE tensors [B,H,W,3] in 0..1, masks/alpha are [B,H,W] with foreground = 1.
-Everything stays in floating point on the caller's device; batches follow one rule everywhere: a
-second input (alpha, background) may have one item for all N images or one per image.
+Everything stays in floating point on the caller's device. Batches: an image and its alpha may be
+1 and N or N and N (one mask for all images, or one image under N masks); a background must be one
+for all N results or one per result; anything else is a ValueError naming both counts.
 
 The compositing formula is fg*alpha + bg*(1-alpha), not bg + alpha*(fg-bg): only the first gives
 exactly fg where alpha is 1 and exactly bg where alpha is 0 in floating point.
@@ -97,10 +98,12 @@ def composite_over_color(foreground: torch.Tensor, alpha: torch.Tensor,
 def _resize(image: torch.Tensor, h: int, w: int) -> torch.Tensor:
     if image.shape[1:3] == (h, w):
         return image
-    x = image.permute(0, 3, 1, 2)
+    # Half precision is resized in float32: the antialiased kernels have no CPU half version.
+    work = image.to(torch.float64 if image.dtype == torch.float64 else torch.float32)
+    x = work.permute(0, 3, 1, 2)
     # Antialiased bilinear: a downscaled background does not alias, and float in, float out.
     x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
-    return x.permute(0, 2, 3, 1).clamp(0, 1)
+    return x.permute(0, 2, 3, 1).clamp(0, 1).to(image.dtype)
 
 
 def _fit_stretch(bg: torch.Tensor, h: int, w: int, fill: torch.Tensor) -> torch.Tensor:

@@ -287,37 +287,30 @@ def _pad_reflect(x: torch.Tensor, dim: int, before: int, after: int) -> torch.Te
 
 
 def _accumulate_dtype(x: torch.Tensor) -> torch.dtype:
-    # A float32 running sum over thousands of pixels loses ~1e-4 per window, enough to break the
-    # variance (E[x²] - E[x]²) of the guided filter; MPS has no float64, so it keeps float32 there.
+    # Running sums over thousands of values need float64 (see _box_last); MPS has none.
     return torch.float32 if x.device.type == "mps" else torch.float64
 
 
-_DIRECT_BOX_MAX = 256  # window sizes up to this are summed directly, larger ones by running sums
+def _box_last(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Window means along the last dim of [N,H,W] by running sums: O(1) per pixel for any size.
 
-
-def _box_1d_direct(x: torch.Tensor, dim: int, size: int) -> torch.Tensor:
-    # avg_pool sums each window in the working dtype: O(size) per pixel but a single fused pass,
-    # faster than running sums up to a few hundred pixels, and exact enough in float32.
-    before = size // 2
-    padded = _pad_reflect(x, dim, before, size - 1 - before)[:, None]
-    kernel = (1, size) if dim == 2 else (size, 1)
-    return F.avg_pool2d(padded, kernel, stride=1)[:, 0]
-
-
-def _box_1d_running(x: torch.Tensor, dim: int, size: int) -> torch.Tensor:
-    # O(1) per pixel for any window; the running sum is float64 because float32 loses ~1e-4 per
-    # window over thousands of pixels (MPS has no float64 and keeps float32).
-    before = size // 2
-    n = x.shape[dim]
-    # One extra leading slot, zeroed, so window sums are a single difference of the running sum.
-    padded = x.index_select(dim, _reflect_index(n, before + 1, size - 1 - before, x.device))
-    padded.narrow(dim, 0, 1).zero_()
-    c = torch.cumsum(padded, dim=dim, dtype=_accumulate_dtype(x))
-    return (c.narrow(dim, size, n) - c.narrow(dim, 0, n)).div_(size).to(x.dtype)
+    The running sum is float64 because float32 loses ~1e-4 per window over thousands of pixels,
+    enough to break blur-fusion's division by a small blurred alpha (MPS has no float64 and keeps
+    float32). Along the last dim because torch's cumsum is several times faster there.
+    """
+    n = x.shape[-1]
+    before, after = size // 2 + 1, size - 1 - size // 2  # one extra leading slot, zeroed below
+    if before < n and after < n:
+        padded = F.pad(x, (before, after), mode="reflect")  # reflect-101, fast path
+    else:
+        padded = _pad_reflect(x, x.ndim - 1, before, after)
+    padded[..., 0] = 0
+    c = torch.cumsum(padded, dim=-1, dtype=_accumulate_dtype(x))
+    return (c[..., size:] - c[..., :n]).div_(size).to(x.dtype)
 
 
 def box_blur(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Mean over a size x size window on the last two dims (any leading dims).
+    """Mean over a size x size window on the last two dims (any leading dims), O(1) per pixel.
 
     The window of pixel i spans i - size//2 .. i - size//2 + size - 1, as OpenCV's `cv2.blur` and
     scipy's `uniform_filter` place even windows, with reflect-101 borders like both. Half
@@ -330,20 +323,31 @@ def box_blur(x: torch.Tensor, size: int) -> torch.Tensor:
     h, w = x.shape[-2:]
     flat = x.reshape(-1, h, w).to(_compute_dtype(x))
     out = torch.empty_like(flat)
-    one_d = _box_1d_direct if size <= _DIRECT_BOX_MAX else _box_1d_running
-    # In slices of ~16M pixels to bound the temporaries; slices are independent, so the result does
-    # not depend on the slicing (nor on what else is in the batch).
-    step = max(1, (1 << 24) // (h * w))
+    # In slices of ~1M pixels: the float64 temporaries stay small and cache-resident (a 13-channel
+    # stack at once ran 2x slower per channel). Slices are independent, so the result does not
+    # depend on the slicing (nor on what else is in the batch).
+    step = max(1, (1 << 20) // (h * w))
     for i in range(0, flat.shape[0], step):
-        out[i:i + step] = one_d(one_d(flat[i:i + step], 2, size), 1, size)
+        rows = _box_last(flat[i:i + step], size)
+        out[i:i + step] = _box_last(rows.transpose(1, 2), size).transpose(1, 2)
     return out.reshape(x.shape).to(x.dtype)
 
 
-def _gaussian_kernel(sigma: float, truncate: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def _gaussian_taps(sigma: float, truncate: float) -> list[float]:
     radius = int(truncate * sigma + 0.5)  # scipy.ndimage's rule, so results are comparable
-    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    return (k / k.sum()).to(dtype=dtype, device=device)
+    k = [math.exp(-0.5 * (t / sigma) ** 2) for t in range(-radius, radius + 1)]
+    total = math.fsum(k)
+    return [v / total for v in k]
+
+
+def _correlate_1d(x: torch.Tensor, dim: int, taps: list[float]) -> torch.Tensor:
+    r = (len(taps) - 1) // 2
+    n = x.shape[dim]
+    padded = _pad_reflect(x, dim, r, r)
+    out = padded.narrow(dim, 0, n) * taps[0]
+    for j in range(1, len(taps)):
+        out.add_(padded.narrow(dim, j, n), alpha=taps[j])
+    return out
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float, truncate: float = 4.0) -> torch.Tensor:
@@ -352,18 +356,13 @@ def gaussian_blur(x: torch.Tensor, sigma: float, truncate: float = 4.0) -> torch
         raise ValueError(f"gaussian_blur: sigma must be >= 0, got {sigma}")
     if sigma == 0:
         return x.clone()
-    shape = x.shape
-    h, w = shape[-2:]
-    work = x.reshape(-1, 1, h, w).to(_compute_dtype(x))
-    k = _gaussian_kernel(sigma, truncate, work.dtype, work.device)
-    r = (k.numel() - 1) // 2
-    # One conv call per image: CPU conv kernels block the batch differently for different batch
-    # sizes, which changes float rounding, and an image must not depend on what it is batched with.
-    out = []
-    for one in work.split(1):
-        one = F.conv2d(_pad_reflect(one, 3, r, r), k.view(1, 1, 1, -1))
-        out.append(F.conv2d(_pad_reflect(one, 2, r, r), k.view(1, 1, -1, 1)))
-    return torch.cat(out).reshape(shape).to(x.dtype)
+    taps = _gaussian_taps(sigma, truncate)
+    work = x.to(_compute_dtype(x))
+    # A running sum of shifted slices rather than conv2d: on CPU conv2d unfolds the kernel (~1.2 GiB
+    # extra at 4096² for sigma 2, and 2-3x slower here), and its blocking depends on the batch size,
+    # which changed results in the last bit between a batch and its single images.
+    out = _correlate_1d(_correlate_1d(work, work.ndim - 1, taps), work.ndim - 2, taps)
+    return out.to(x.dtype)
 
 
 def feather_mask(mask: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -376,38 +375,42 @@ def feather_mask(mask: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def _guided_gray(p: torch.Tensor, guide: torch.Tensor, size: int, eps: float) -> torch.Tensor:
-    gray = guide[:, 0:1] * 0.299 + guide[:, 1:2] * 0.587 + guide[:, 2:3] * 0.114  # Rec. 601 luma
-    means = box_blur(torch.cat([gray, p, gray * p, gray * gray], 1), size)
-    m_i, m_p, m_ip, m_ii = means.unbind(1)
-    a = (m_ip - m_i * m_p) / (m_ii - m_i * m_i + eps)
+    gray = guide[:, 0] * 0.299 + guide[:, 1] * 0.587 + guide[:, 2] * 0.114  # Rec. 601 luma
+    p = p[:, 0]
+    m_i, m_p = box_blur(gray, size), box_blur(p, size)
+    a = (box_blur(gray * p, size) - m_i * m_p) / (box_blur(gray * gray, size) - m_i * m_i + eps)
     b = m_p - a * m_i
-    m_a, m_b = box_blur(torch.stack([a, b], 1), size).unbind(1)
-    return m_a * gray[:, 0] + m_b
+    return box_blur(a, size) * gray + box_blur(b, size)
 
 
 _PAIRS = ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))
 
 
 def _guided_color(p: torch.Tensor, guide: torch.Tensor, size: int, eps: float) -> torch.Tensor:
-    products = [guide[:, i] * guide[:, j] for i, j in _PAIRS]
-    means = box_blur(torch.cat([guide, p, guide * p, torch.stack(products, 1)], 1), size)
-    m_i, m_p, m_ip, m_ii = means[:, 0:3], means[:, 3], means[:, 4:7], means[:, 7:13]
-    cov = m_ip - m_i * m_p[:, None]
-    s = {pair: m_ii[:, k] - m_i[:, pair[0]] * m_i[:, pair[1]] for k, pair in enumerate(_PAIRS)}
+    # Channel by channel rather than one stacked 13-channel box: at 4096² the stack and its copies
+    # cost ~1.5 GiB more, for the same arithmetic.
+    g = guide.unbind(1)
+    p = p[:, 0]
+    m_i = [box_blur(c, size) for c in g]
+    m_p = box_blur(p, size)
+    cov = [box_blur(c * p, size) - m * m_p for c, m in zip(g, m_i)]
+    s = {(i, j): box_blur(g[i] * g[j], size) - m_i[i] * m_i[j] for i, j in _PAIRS}
     a11, a12, a13 = s[0, 0] + eps, s[0, 1], s[0, 2]
     a22, a23, a33 = s[1, 1] + eps, s[1, 2], s[2, 2] + eps
+    del s
     # Closed-form inverse of the symmetric 3x3 (Σ + εU): one fused elementwise pass on any device,
     # where a batched linalg.solve would build H*W tiny systems.
     c11, c12, c13 = a22 * a33 - a23 * a23, a13 * a23 - a12 * a33, a12 * a23 - a13 * a22
     c22, c23, c33 = a11 * a33 - a13 * a13, a12 * a13 - a11 * a23, a11 * a22 - a12 * a12
-    det = a11 * c11 + a12 * c12 + a13 * c13
-    v1, v2, v3 = cov.unbind(1)
-    a_r = (c11 * v1 + c12 * v2 + c13 * v3) / det
-    a_g = (c12 * v1 + c22 * v2 + c23 * v3) / det
-    a_b = (c13 * v1 + c23 * v2 + c33 * v3) / det
-    b = m_p - a_r * m_i[:, 0] - a_g * m_i[:, 1] - a_b * m_i[:, 2]
-    m_ar, m_ag, m_ab, m_b = box_blur(torch.stack([a_r, a_g, a_b, b], 1), size).unbind(1)
-    return m_ar * guide[:, 0] + m_ag * guide[:, 1] + m_ab * guide[:, 2] + m_b
+    inv_det = 1 / (a11 * c11 + a12 * c12 + a13 * c13)
+    del a11, a12, a13, a22, a23, a33
+    v1, v2, v3 = cov
+    a_r = (c11 * v1 + c12 * v2 + c13 * v3) * inv_det
+    a_g = (c12 * v1 + c22 * v2 + c23 * v3) * inv_det
+    a_b = (c13 * v1 + c23 * v2 + c33 * v3) * inv_det
+    b = m_p - a_r * m_i[0] - a_g * m_i[1] - a_b * m_i[2]
+    return (box_blur(a_r, size) * g[0] + box_blur(a_g, size) * g[1] + box_blur(a_b, size) * g[2]
+            + box_blur(b, size))
 
 
 GUIDES: dict[str, Callable[[torch.Tensor, torch.Tensor, int, float], torch.Tensor]] = {

@@ -178,6 +178,10 @@ def test_dtype_is_kept():
     fg, a = rand(1, 4, 4, 3).half(), rand(1, 4, 4).half()
     assert composite_over_color(fg, a, "#FFFFFF").dtype == torch.float16
     assert composite_over_image(fg.double(), a, rand(1, 8, 8, 3)).dtype == torch.float64
+    for fit in FIT_MODES:  # the resize runs in float32 for half (no CPU half kernel)
+        bg = torch.full((1, 7, 5, 3), 0.5).half()
+        out = composite_over_image(fg, torch.zeros(1, 4, 4).half(), bg, fit, fill=(0.5, 0.5, 0.5))
+        assert out.dtype == torch.float16 and (out.float() - 0.5).abs().max() < 1e-3
 
 
 # ------------------------------------------------------------------ polarity
