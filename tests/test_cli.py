@@ -81,11 +81,16 @@ def test_cutout_folder_skips_done_files_and_reports_broken_ones(weights, photos,
     assert (out / "a.png").stat().st_mtime_ns != mtime
 
 
-def test_recursive_keeps_the_folder_structure_and_webp(weights, photos, tmp_path):
+def test_recursive_keeps_the_folder_structure_and_webp(weights, tmp_path):
+    src = tmp_path / "album"
+    (src / "sub").mkdir(parents=True)
+    Image.fromarray(_photo(40, 40, 6)).save(src / "top.png")
+    Image.fromarray(_photo(50, 30, 5)).save(src / "sub" / "nested.png")
     out = tmp_path / "out"
-    _run(weights, photos, "--out", out, "--recursive", "--format", "webp")
+    assert _run(weights, src, "--out", out, "--recursive", "--format", "webp") == 0
     nested = Image.open(out / "sub" / "nested.webp")
     assert nested.mode == "RGBA" and nested.size == (30, 50)
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.webp")) == ["sub/nested.webp", "top.webp"]
 
 
 def test_external_depth_folder_replaces_the_depth_model(weights, photos, tmp_path, capsys):
