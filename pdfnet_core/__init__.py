@@ -23,6 +23,10 @@ _EXPORTS = {
     "depth_prior": "pdfnet_core.depth",
     "load_birefnet": "pdfnet_core.birefnet_loader",
     "BiRefNet": "pdfnet_core.models.birefnet",
+    "load_segrefiner": "pdfnet_core.segrefiner_loader",
+    "refine_with_segrefiner": "pdfnet_core.segrefiner",
+    "refine_mask": "pdfnet_core.refine",
+    "RefineConfig": "pdfnet_core.refine",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

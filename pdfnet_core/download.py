@@ -163,6 +163,10 @@ def ensure_model_file(entry_or_name: ModelEntry | str, folder: str | os.PathLike
     if entry is None:
         raise ModelFileMissingError(f"{name} is not in {folder}, and it is not a model this pack knows how to "
                                     f"download; place the file in {folder}", filename=name, folder=folder)
+    if not entry.on_hub:
+        raise _error(ModelFileMissingError, entry, folder,
+                     f"{entry.filename} is not in {folder}, and it is published only outside the Hugging Face hub, "
+                     "so it cannot be downloaded automatically")
     if not allow_download:
         raise _error(ModelFileMissingError, entry, folder,
                      f"{entry.filename} is not in {folder} and downloading is off: turn on the download option",

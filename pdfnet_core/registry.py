@@ -34,7 +34,9 @@ class ModelEntry:
     Several files may share one hub name (every BiRefNet repository holds ``model.safetensors``); the
     local name, which keys the registry, then says which it is.  ``train_hw`` is the (height, width)
     the weights were trained at, where it matters to the caller; ``patch_order`` is BiRefNet's
-    patch-channel order, None where it is not known.
+    patch-channel order, None where it is not known.  A file published only outside the hub has
+    ``repo_id=""`` and ``manual_url`` (the publisher's page): it is never downloaded automatically,
+    and the messages say where to get it and where to put it.
     """
 
     filename: str
@@ -50,8 +52,15 @@ class ModelEntry:
     sha256: str | None = None
     train_hw: tuple[int, int] | None = None
     patch_order: str | None = None
+    manual_url: str = ""
+
+    @property
+    def on_hub(self) -> bool:
+        return bool(self.repo_id)
 
     def __post_init__(self) -> None:
+        if bool(self.repo_id) == bool(self.manual_url):
+            raise ValueError(f"registry entry {self.filename!r}: give either a hub repo_id or a manual_url")
         if not self.hf_filename:
             object.__setattr__(self, "hf_filename", self.filename)
         if "/" in self.filename or "\\" in self.filename:
@@ -144,6 +153,23 @@ def _birefnet_entries() -> tuple[ModelEntry, ...]:
         for repo, variant, train_hw, order, description in _BIREFNET_REPOS)
 
 
+# SegRefiner (MengyuWang826/SegRefiner, NeurIPS 2023): the authors publish the two checkpoints only as
+# Google Drive links in their README (no hub mirror), so these entries are manual-download only.
+# Sizes and hashes are not published.
+_SEGREFINER_LICENCE = "Apache-2.0 code (MengyuWang826/SegRefiner); the weights carry no explicit licence"
+
+
+def _segrefiner_entries() -> tuple[ModelEntry, ...]:
+    return (
+        ModelEntry("segrefiner_lr_latest.pth", "segrefiner", "lr", "", "segrefiner", _SEGREFINER_LICENCE,
+                   "SegRefiner LR (trained on LVIS): per-object refinement of instance masks",
+                   manual_url="https://drive.google.com/file/d/1FrhbdwNyTlQYNbF9IgFF2tY3iQXHFcau/view?usp=sharing"),
+        ModelEntry("segrefiner_hr_latest.pth", "segrefiner", "hr", "", "segrefiner", _SEGREFINER_LICENCE,
+                   "SegRefiner HR (trained on ThinObject-5K + DIS-TR): high-resolution refinement of one mask",
+                   manual_url="https://drive.google.com/file/d/143kerk4WOerGZMqR-cAETb7rOcoQ0CQ_/view?usp=sharing"),
+    )
+
+
 def _build(entries: tuple[ModelEntry, ...]) -> Mapping[str, ModelEntry]:
     table: dict[str, ModelEntry] = {}
     for entry in entries:
@@ -153,7 +179,8 @@ def _build(entries: tuple[ModelEntry, ...]) -> Mapping[str, ModelEntry]:
     return MappingProxyType(table)
 
 
-REGISTRY: Mapping[str, ModelEntry] = _build(_pdfnet_entries() + _depth_anything_entries() + _birefnet_entries())
+REGISTRY: Mapping[str, ModelEntry] = _build(_pdfnet_entries() + _depth_anything_entries() + _birefnet_entries()
+                                            + _segrefiner_entries())
 
 
 def known_files(folder_key: str) -> list[ModelEntry]:
@@ -169,5 +196,11 @@ def lookup(filename: str) -> ModelEntry | None:
 
 
 def hf_url(entry: ModelEntry, endpoint: str = HF_ENDPOINT) -> str:
-    """The direct download address of ``entry``, for error messages and workflow ``models[]`` metadata."""
+    """The direct download address of ``entry``, for error messages and workflow ``models[]`` metadata.
+
+    For a file not on the hub this is the publisher's page (``manual_url``), so messages built on it
+    still say where to get the file.
+    """
+    if not entry.on_hub:
+        return entry.manual_url
     return f"{endpoint.rstrip('/')}/{entry.repo_id}/resolve/{entry.revision}/{entry.hf_filename}"
