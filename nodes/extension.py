@@ -1,0 +1,23 @@
+"""The pack's ComfyExtension: registers the model folders and the residency hook, lists the nodes."""
+from __future__ import annotations
+
+from typing_extensions import override
+
+from comfy_api.latest import ComfyExtension, io
+
+from . import comfy_models, composite, depth, loaders, refine, segment
+
+NODE_MODULES = (loaders, depth, segment, refine, composite)
+
+
+class PDFNetExtension(ComfyExtension):
+    @override
+    async def on_load(self) -> None:
+        # Here, not at import: ComfyUI has read extra_model_paths.yaml by now, and importing the
+        # pack elsewhere (tests, tools) must not touch ComfyUI's globals.
+        comfy_models.register_model_folders()
+        comfy_models.install_residency_hook()
+
+    @override
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return [node for module in NODE_MODULES for node in module.NODES]

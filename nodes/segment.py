@@ -1,0 +1,100 @@
+"""PDFNet segmentation node: IMAGE (+ depth model or an external depth map) -> foreground MASK."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from . import comfy_models as cm
+from .adapters import segment_images
+from .io_types import DepthAnythingModel, PDFNetModel
+
+_UNWIRED = object()   # an optional input that is not connected is absent from the call
+
+
+def _options(resolution: int, resize: str, tta: bool):
+    from pdfnet_core.pipeline import SegmentOptions
+
+    return SegmentOptions(size=resolution, resize=resize, tta=tta)
+
+
+def _resize_modes() -> list[str]:
+    from pdfnet_core.pipeline import PLACEMENTS
+
+    return list(PLACEMENTS)
+
+
+class PDFNetSegment(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PDFNetSegment",
+            display_name="PDFNet Segment (Remove Background)",
+            category="PDFNet/segmentation",
+            description="High-precision foreground mask with PDFNet. Depth comes from the depth map if 'depth' is "
+                        "connected (the depth model is then not run), else from the depth model.",
+            search_aliases=["remove background", "background removal", "matting", "dichotomous segmentation"],
+            inputs=[
+                io.Image.Input("image", tooltip="Images to segment (any size; a batch is processed in chunks)"),
+                PDFNetModel.Input("pdfnet_model", tooltip="From Load PDFNet Model"),
+                DepthAnythingModel.Input(
+                    "depth_model", optional=True, lazy=True,
+                    tooltip="From Load Depth-Anything-V2 Model: computes the depth prior PDFNet was trained with. "
+                            "Not run (not even loaded) when 'depth' is connected."),
+                io.Mask.Input(
+                    "depth", optional=True, lazy=True,
+                    tooltip="Optional depth maps, one per image at the image's size, larger = nearer (e.g. the depth "
+                            "output of PDFNet Depth Estimate). Replaces the depth model."),
+                io.Int.Input("resolution", default=1024, min=256, max=2048, step=32,
+                             tooltip="Network resolution (a multiple of 32). PDFNet was trained at 1024; the mask is "
+                                     "always returned at the source size."),
+                io.Combo.Input("resize", options=_resize_modes(), default="squash",
+                               tooltip="squash: stretch to a square, as in training (best on most images). pad: keep "
+                                       "the aspect ratio inside the square, better for very wide or tall images."),
+                io.Boolean.Input("tta", default=False,
+                                 tooltip="Test-time augmentation: 6 passes (flip x 3 scales) averaged, as in the "
+                                         "paper's evaluation. Slightly cleaner edges, 6x slower."),
+            ],
+            outputs=[
+                io.Mask.Output("mask", tooltip="Foreground mask, subject = 1, at the source size. Core LoadImage masks "
+                                               "and JoinImageWithAlpha use the opposite (1 = transparent): convert with "
+                                               "PDFNet Mask Polarity."),
+                io.Image.Output("cutout", tooltip="The image multiplied by the mask (the subject over black, RGB). "
+                                                  "For transparency use PDFNet To RGBA."),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, resolution=None):
+        # Only what the widget cannot enforce (a typed-in or API value off the step of 32); listing
+        # few inputs here keeps ComfyUI's own range and list checks for the others.
+        if resolution is None:
+            return True
+        if not 256 <= resolution <= 2048:
+            return f"resolution must be between 256 and 2048, got {resolution}"
+        try:
+            _options(resolution, "squash", False).validate()
+        except ValueError as exc:
+            return f"resolution: {exc}"
+        return True
+
+    @classmethod
+    def check_lazy_status(cls, depth_model=_UNWIRED, depth=_UNWIRED, **_):
+        # A lazy input that is connected but not yet computed arrives as None; one that is not
+        # connected does not arrive at all.  A connected depth wins, so the depth model (and its
+        # loader node) only runs when no depth is connected.
+        if depth is not _UNWIRED:
+            return ["depth"] if depth is None else []
+        if depth_model is not _UNWIRED and depth_model is None:
+            return ["depth_model"]
+        return []
+
+    @classmethod
+    def execute(cls, image, pdfnet_model, resolution, resize, tta, depth_model=None, depth=None) -> io.NodeOutput:
+        from pdfnet_core.composite import premultiply
+
+        masks = segment_images(image, pdfnet_model, _options(resolution, resize, tta), cm.RUNTIME,
+                               depth_model=depth_model, depth=depth)
+        cutout = premultiply(image[..., :3].to(masks.device, masks.dtype), masks)
+        return io.NodeOutput(cm.to_output(masks), cm.to_output(cutout))
+
+
+NODES = [PDFNetSegment]
