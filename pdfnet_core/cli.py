@@ -17,10 +17,6 @@ from typing import Callable, Iterable, Sequence
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 OUTPUT_FORMATS = {"png": ".png", "webp": ".webp"}
-DEFAULT_MODELS_DIR = Path(os.environ.get("PDFNET_MODELS_DIR", Path.home() / ".cache" / "pdfnet" / "models"))
-DEFAULT_PDFNET = "PDFNet_Best.pth"
-# Small is the only Depth-Anything-V2 size under a permissive licence (Apache-2.0); see README.
-DEFAULT_DEPTH = "depth_anything_v2_vits.pth"
 
 
 @dataclass(frozen=True)
@@ -31,7 +27,7 @@ class CutoutConfig:
     weights: Path | None = None
     depth_weights: Path | None = None
     depth_dir: Path | None = None
-    models_dir: Path = DEFAULT_MODELS_DIR
+    models_dir: Path | None = None
     download: bool = False
     size: int = 1024
     resize: str = "squash"
@@ -162,14 +158,15 @@ def _device(name: str) -> str:
     return "cpu"
 
 
-def _resolve_weights(path: Path | None, registry_name: str, folder_key: str, cfg: CutoutConfig) -> Path:
-    from .download import ensure_model_file
+def _resolve_weights(path: Path | None, kind: str, cfg: CutoutConfig) -> Path:
+    from .defaults import DEFAULTS, default_model_path
 
     if path is not None:
         if not path.is_file():
             raise FileNotFoundError(f"weights file not found: {path}")
         return path
-    return ensure_model_file(registry_name, cfg.models_dir / folder_key, allow_download=cfg.download)
+    folder = None if cfg.models_dir is None else cfg.models_dir / DEFAULTS[kind].folder_key
+    return default_model_path(kind, folder, download=cfg.download or None)
 
 
 def load_models(cfg: CutoutConfig):
@@ -180,10 +177,10 @@ def load_models(cfg: CutoutConfig):
     from .weights import DTYPES
 
     device, dtype = _device(cfg.device), DTYPES[cfg.dtype]
-    model = load_pdfnet(_resolve_weights(cfg.weights, DEFAULT_PDFNET, "pdfnet", cfg), device=device, dtype=dtype)
+    model = load_pdfnet(_resolve_weights(cfg.weights, "pdfnet", cfg), device=device, dtype=dtype)
     depth_model = None
     if cfg.depth_dir is None:
-        depth_model = load_depth_anything(_resolve_weights(cfg.depth_weights, DEFAULT_DEPTH, "depthanything", cfg),
+        depth_model = load_depth_anything(_resolve_weights(cfg.depth_weights, "depth_anything", cfg),
                                           device=device, dtype=torch.float32 if dtype == torch.float16 else dtype)
     return model, depth_model
 
@@ -280,7 +277,9 @@ def run_download(args: argparse.Namespace) -> int:
     if entry is None:
         print(f"error: unknown model file {args.name!r}", file=sys.stderr)
         return 2
-    folder = Path(args.dir) if args.dir else args.models_dir / entry.folder_key
+    from .defaults import models_dir
+
+    folder = Path(args.dir) if args.dir else (args.models_dir or models_dir()) / entry.folder_key
     path = ensure_model_file(entry, folder, allow_download=True)
     print(path)
     return 0
@@ -301,8 +300,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--weights", type=Path, help="PDFNet checkpoint (.pth or .safetensors)")
     c.add_argument("--depth-weights", type=Path, help="Depth-Anything-V2 checkpoint (default: Small, Apache-2.0)")
     c.add_argument("--depth-dir", type=Path, help="use depth maps from this folder (same names) instead of a depth model")
-    c.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR, help=f"where downloads go (default {DEFAULT_MODELS_DIR})")
-    c.add_argument("--download", action="store_true", help="download missing weights from the Hugging Face hub")
+    c.add_argument("--models-dir", type=Path, help="models folder (default $PDFNET_MODELS_DIR or ~/.cache/pdfnet/models)")
+    c.add_argument("--download", action="store_true", help="download missing weights from the Hugging Face hub "
+                                                          "(also: PDFNET_DOWNLOAD=1)")
     c.add_argument("--size", type=int, default=1024, help="network resolution, multiple of 32 (trained at 1024)")
     c.add_argument("--resize", choices=["squash", "pad"], default="squash", help="squash (as trained) or pad (keep aspect)")
     c.add_argument("--tta", action="store_true", help="6-pass flip x scale test-time augmentation (paper's evaluation; 6x slower)")
@@ -328,7 +328,7 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("download", help="download a known model file from the Hugging Face hub")
     d.add_argument("name", help="file name, e.g. PDFNet_Best.pth or depth_anything_v2_vits.pth")
     d.add_argument("--dir", help="target folder (default: MODELS_DIR/<folder>)")
-    d.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
+    d.add_argument("--models-dir", type=Path)
     return p
 
 

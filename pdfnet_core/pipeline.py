@@ -173,20 +173,29 @@ def segment(images: Any, depth: Any = None, model: nn.Module | None = None, *,
     depth:  depth maps matching the images (any scale; larger = nearer), or None to compute the
             prior with ``depth_model`` (Depth-Anything-V2).
     model:  a PDFNet from ``load_pdfnet`` (or a BiRefNet from ``load_birefnet``, which needs no
-            depth).  ``segment(model, images, depth)`` works too.
+            depth).  ``segment(model, images, depth)`` works too.  None: the default PDFNet
+            (``PDFNet_Best.pth`` in $PDFNET_MODELS_DIR/pdfnet, see pdfnet_core.defaults).
+    depth_model: used when ``depth`` is None; None: the default Depth-Anything-V2 Small from the
+            same models folder.
     options / overrides: see SegmentOptions (e.g. ``size=1024, resize="pad", tta=True``).
     progress(done, total) is called after every batch; raising from it stops the work.
     """
     if isinstance(images, nn.Module):  # segment(model, images, depth) call form
         images, depth, model = depth, model, images
-    if model is None:
-        raise ValueError("segment() needs a model: pass model=load_pdfnet(path)")
     opts = _options(options, overrides)
+    if model is None:
+        from .defaults import default_model
+
+        model = default_model("pdfnet")
     kind = segmenter_kind(model)
     rgb = to_rgb_list(images, "images")
-    depths = _depth_maps(rgb, depth, depth_model, opts) if kind.needs_depth else None
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
+    if kind.needs_depth and depth is None and depth_model is None:
+        from .defaults import default_model
+
+        depth_model = default_model("depth_anything", device=device)
+    depths = _depth_maps(rgb, depth, depth_model, opts) if kind.needs_depth else None
     order = list(range(len(rgb)))
     results: list[torch.Tensor | None] = [None] * len(rgb)
     done = 0
@@ -226,9 +235,6 @@ def _options(options: SegmentOptions | None, overrides: dict) -> SegmentOptions:
 def _depth_maps(rgb: list[torch.Tensor], depth: Any, depth_model: nn.Module | None,
                 opts: SegmentOptions) -> list[torch.Tensor]:
     if depth is None:
-        if depth_model is None:
-            raise ValueError("segment() needs depth: pass depth maps (depth=...) or a Depth-Anything-V2 "
-                             "model (depth_model=load_depth_anything(path)) to compute them")
         from .depth import depth_prior
 
         return [d.float() for d in depth_prior(rgb_to_hwc(rgb), depth_model, quantize=opts.quantize_depth)]

@@ -115,7 +115,6 @@ def test_depth_prior_is_computed_when_no_depth_is_given(model, depth_model):
 @pytest.mark.parametrize("kwargs, match", [
     (dict(depth=[np.ones((64, 64))] * 2), "2 depth maps"),
     (dict(depth=np.ones((32, 64))), "depth\\[0\\] is 32x64 but images\\[0\\] is 64x64"),
-    (dict(depth=None), "needs depth"),
     (dict(depth=np.ones((64, 64)), size=100), "multiple of 32"),
     (dict(depth=np.ones((64, 64)), resize="crop"), "resize must be one of"),
     (dict(depth=np.full((64, 64), np.nan)), "NaN"),
@@ -125,13 +124,36 @@ def test_bad_arguments_are_clear_errors(model, kwargs, match):
         pdfnet_core.segment(_scene(64, 64), model=model, **kwargs)
 
 
-def test_unknown_option_and_missing_model():
+def test_default_models_come_from_the_models_folder_once(model, depth_model, reference_dir, tmp_path, monkeypatch):
+    from pdfnet_core.cache import default_cache
+    from pdfnet_core.download import ModelDownloadError
+
+    monkeypatch.setenv("PDFNET_MODELS_DIR", str(tmp_path))
+    monkeypatch.delenv("PDFNET_DOWNLOAD", raising=False)
+    with pytest.raises(ModelDownloadError) as err:
+        pdfnet_core.segment(_scene(64, 64), np.ones((64, 64)))
+    assert "PDFNet_Best.pth" in str(err.value) and str(tmp_path / "pdfnet") in str(err.value)
+    with pytest.raises(ModelDownloadError, match="depth_anything_v2_vits.pth"):
+        pdfnet_core.segment(_scene(64, 64), model=model)  # no depth, no depth model: the default one
+
+    (tmp_path / "pdfnet").mkdir()
+    (tmp_path / "depthanything").mkdir()
+    torch.save(synthetic_state_dict(reference_dir), tmp_path / "pdfnet" / "PDFNet_Best.pth")
+    torch.save(synth_state_dict(key_shapes(reference_dir, "vits")), tmp_path / "depthanything" / "depth_anything_v2_vits.pth")
+    loads = default_cache().stats().loads
+    img = _scene(64, 64)
+    first = pdfnet_core.segment(img, size=64)[0]
+    second = pdfnet_core.segment(img, size=64)[0]
+    assert default_cache().stats().loads == loads + 2  # one PDFNet, one depth model, then none
+    assert torch.equal(first, second)
+    assert torch.equal(first, pdfnet_core.segment(img, model=model, depth_model=depth_model, size=64)[0])
+
+
+def test_unknown_option_and_unknown_model_type():
     with pytest.raises(TypeError, match="unexpected options"):
         pdfnet_core.segment(_scene(8, 8), np.ones((8, 8)), torch.nn.Linear(1, 1), sizee=64)
     with pytest.raises(TypeError, match="does not know how to run a Linear"):
         pdfnet_core.segment(_scene(8, 8), np.ones((8, 8)), torch.nn.Linear(1, 1))
-    with pytest.raises(ValueError, match="needs a model"):
-        pdfnet_core.segment(_scene(8, 8), np.ones((8, 8)))
 
 
 def test_segment_runs_a_birefnet_without_depth(reference_dir):
