@@ -80,10 +80,41 @@ def missing_model_message(folder_key: str, name: str, folders: Sequence[str], do
     if entry is None or entry.folder_key != folder_key:
         return (f"model_name {name!r} is not in the '{folder_key}' models folder ({where}); place the file "
                 f"in {first}, or choose another file")
-    if download and getattr(entry, "on_hub", True):
+    if not entry.on_hub:
+        # Published outside the hub (SegRefiner: Google Drive only): the download toggle cannot help,
+        # so the message must not suggest it.
+        return (f"model_name {name!r} is not in the '{folder_key}' models folder ({where}): it cannot be "
+                f"downloaded automatically; download it by hand from {entry.manual_url} and place it in {first} "
+                f"(keep the name {entry.filename})")
+    if download:
         return ""   # the loader will fetch it
     return (f"model_name {name!r} is not in the '{folder_key}' models folder ({where}): turn on 'download' "
             f"to fetch it from {hf_url(entry)}, or download it by hand and place it in {first}")
+
+
+# BiRefNet's patch-channel order (see pdfnet_core.models.birefnet): the file cannot tell, so the
+# loader offers the registry's order for known files ("auto") and lets the user override it.
+PATCH_ORDER_AUTO = "auto"
+
+
+def birefnet_patch_order(choice: str, name: str) -> str:
+    """The loader's patch_order widget as "legacy" or "current".
+
+    Resolved here rather than left to load_birefnet(None) so the model cache keys on the order
+    actually used: 'auto' and the explicit order it stands for then share one model.
+    """
+    from pdfnet_core.birefnet_loader import DEFAULT_PATCH_ORDER
+    from pdfnet_core.registry import PATCH_ORDERS
+
+    if choice == PATCH_ORDER_AUTO:
+        entry = lookup(os.path.basename(name))
+        if entry is not None and entry.arch == "birefnet" and entry.patch_order:
+            return entry.patch_order
+        return DEFAULT_PATCH_ORDER
+    if choice not in PATCH_ORDERS:
+        raise NodeInputError(f"patch_order must be one of {PATCH_ORDER_AUTO}, {', '.join(PATCH_ORDERS)}; "
+                             f"got {choice!r}")
+    return choice
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,12 +219,31 @@ def _param(model: torch.nn.Module) -> torch.Tensor:
     return p
 
 
-def pdfnet_memory(model: torch.nn.Module, options) -> int:
-    """Activation estimate for one PDFNet forward pass at the options' size (TTA: its largest scale)."""
+# pdfnet_core.pipeline's segmenter kind -> pdfnet_core.cache's activation formula.
+SEGMENTER_ACTIVATIONS: Mapping[str, str] = {"PDFNet": "pdfnet", "BiRefNet": "birefnet"}
+
+
+def segmenter_kind(model):
+    """pipeline.segmenter_kind, with its error as a message about the node's model input."""
+    from pdfnet_core.pipeline import segmenter_kind as kind_of
+
+    try:
+        return kind_of(model)
+    except TypeError as exc:
+        raise NodeInputError(f"pdfnet_model: {exc}") from exc
+
+
+def segment_memory(model: torch.nn.Module, options) -> int:
+    """Activation estimate for one forward pass of the segmenter at the options' size (TTA: its largest scale)."""
     side = options.size
     if options.tta:
         side = max(32, int(round(options.size * max(options.tta_scales) / 32)) * 32)
-    return activation_bytes_estimate("pdfnet", side, options.batch_size, _param(model).dtype)
+    arch = SEGMENTER_ACTIVATIONS[segmenter_kind(model).name]
+    variant = getattr(getattr(model, "config", None), "name", None)
+    return activation_bytes_estimate(arch, side, options.batch_size, _param(model).dtype, variant=variant)
+
+
+pdfnet_memory = segment_memory   # the earlier name
 
 
 def depth_memory(depth_model: torch.nn.Module, height: int, width: int, batch: int,
@@ -216,17 +266,28 @@ def _chunks(n: int, size: int) -> list[slice]:
 def segment_images(image: torch.Tensor, model: torch.nn.Module, options, runtime: Runtime, *,
                    depth_model: torch.nn.Module | None = None, depth: torch.Tensor | None = None,
                    chunk: int = IMAGE_CHUNK) -> torch.Tensor:
-    """PDFNet masks [B,H,W] (foreground = 1) for a ComfyUI IMAGE batch, in chunks.
+    """Masks [B,H,W] (foreground = 1) of a PDFNet or BiRefNet for a ComfyUI IMAGE batch, in chunks.
 
-    With ``depth`` the depth model is not used; without it the depth prior is computed here, chunk
-    by chunk, exactly as ``segment`` computes it itself (so the result is the same), but with
-    progress and residency around each model.
+    A model that needs no depth (BiRefNet) ignores ``depth`` and ``depth_model``.  For PDFNet: with
+    ``depth`` the depth model is not used; without it the depth prior is computed here, chunk by
+    chunk, exactly as ``segment`` computes it itself (so the result is the same), but with progress
+    and residency around each model.
     """
     from pdfnet_core.depth import depth_prior
     from pdfnet_core.pipeline import segment
 
     image = check_image(image)
     options.validate()
+    if not segmenter_kind(model).needs_depth:
+        depth = depth_model = None
+        n = image.shape[0]
+        progress = runtime.progress(n)
+        masks = []
+        for part in _chunks(n, chunk):
+            runtime.resident(model, segment_memory(model, options))
+            masks.extend(segment(image[part, ..., :3], None, model, options=options,
+                                 progress=pipeline_callback(progress)))
+        return torch.stack(masks)
     if depth is not None:
         depth = check_depth_for(image, depth)
     elif depth_model is None:
@@ -243,7 +304,7 @@ def segment_images(image: torch.Tensor, model: torch.nn.Module, options, runtime
                                progress=pipeline_callback(progress), name="image")
         else:
             maps = depth[part]
-        runtime.resident(model, pdfnet_memory(model, options))
+        runtime.resident(model, segment_memory(model, options))
         masks.extend(segment(images, maps, model, options=options, progress=pipeline_callback(progress)))
     return torch.stack(masks)
 
@@ -284,6 +345,58 @@ def map_chunks(fn: Callable[..., torch.Tensor], progress: Progress, *batches: to
         out.append(fn(*args))
         progress.step(size)
     return torch.cat(out)
+
+
+# --------------------------------------------------------------------------------------------
+# SegRefiner (model-based refinement)
+
+
+def segrefiner_memory(model: torch.nn.Module) -> int:
+    """Activations of the largest UNet call SegRefiner makes: a batch of its 256² patches."""
+    from pdfnet_core.segrefiner_modes import SemanticConfig
+
+    cfg = getattr(model, "semantic_cfg", SemanticConfig())
+    return activation_bytes_estimate("segrefiner", cfg.model_size, cfg.batch_max, _param(model).dtype)
+
+
+def pair_batches(image: torch.Tensor, mask: torch.Tensor) -> int:
+    """How many (image, mask) pairs: equal counts, or one of either for all; else a clear error."""
+    n_img, n_mask = image.shape[0], mask.shape[0]
+    if n_img != n_mask and 1 not in (n_img, n_mask):
+        raise NodeInputError(f"image holds {n_img} images and mask holds {n_mask} masks: pass one mask per image "
+                             "(same batch size, same order), or one mask for all images")
+    if image.shape[1:3] != mask.shape[1:3]:
+        raise NodeInputError(f"image is {image.shape[2]}x{image.shape[1]} (WxH) but mask is {mask.shape[2]}x"
+                             f"{mask.shape[1]}: connect the mask made from this image (same size)")
+    return max(n_img, n_mask)
+
+
+def segrefine_images(image: torch.Tensor, mask: torch.Tensor, model: torch.nn.Module, mode: str, seed: int,
+                     runtime: Runtime) -> torch.Tensor:
+    """SegRefiner over a batch, one image at a time: binary masks [B,H,W] (foreground = 1).
+
+    One image per call because a single HR refinement already fills memory with its patch batch and
+    takes minutes on a CPU; stepping the progress after each image is also where a cancel request is
+    honoured.  Every image gets the same ``seed``, so an image's result does not depend on its place
+    in the batch.
+    """
+    from pdfnet_core.segrefiner import MODES, refine_with_segrefiner
+
+    if mode not in MODES:
+        raise NodeInputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    image = check_image(image)[..., :3]
+    mask = as_mask_batch(mask)
+    n = pair_batches(image, mask)
+    progress = runtime.progress(n)
+    memory = segrefiner_memory(model)
+    out = []
+    for i in range(n):
+        runtime.resident(model, memory)
+        im = image[i if image.shape[0] > 1 else 0]
+        m = mask[i if mask.shape[0] > 1 else 0]
+        out.append(refine_with_segrefiner(model, im, m, mode=mode, seed=seed).to(torch.float32).cpu())
+        progress.step(1)
+    return torch.stack(out)
 
 
 # --------------------------------------------------------------------------------------------

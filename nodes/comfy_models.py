@@ -1,8 +1,8 @@
 """The bridge from pdfnet_core's model cache to ComfyUI's folders, devices and memory manager.
 
-* Folders: ``pdfnet`` and ``depthanything`` are registered with ``folder_paths`` by appending, so
-  paths from extra_model_paths.yaml (read before custom nodes) keep their place; only weight files
-  are listed.  A download goes to the first registered folder.
+* Folders: ``pdfnet``, ``depthanything``, ``birefnet`` and ``segrefiner`` are registered with
+  ``folder_paths`` by appending, so paths from extra_model_paths.yaml (read before custom nodes)
+  keep their place; only weight files are listed.  A download goes to the first registered folder.
 * Residency: every model that enters pdfnet_core's process-wide cache is wrapped in ComfyUI's
   model patcher and made resident with ``load_models_gpu`` before each use, so ComfyUI's memory
   manager can offload it under pressure like any of its own models.
@@ -44,16 +44,38 @@ def _load_depth_anything(path: str, device: torch.device, dtype: torch.dtype) ->
     return load_depth_anything(path, variant=None, device=device, dtype=dtype)
 
 
+def _load_birefnet(path: str, device: torch.device, dtype: torch.dtype, patch_order: str | None = None) -> torch.nn.Module:
+    from pdfnet_core.birefnet_loader import load_birefnet
+
+    return load_birefnet(path, patch_order=patch_order, device=device, dtype=dtype)
+
+
+def _load_segrefiner(path: str, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    from pdfnet_core.segrefiner_loader import load_segrefiner
+
+    return load_segrefiner(path, device=device, dtype=dtype)
+
+
 def _describe_depth(model: torch.nn.Module) -> str:
     config = getattr(model, "config", None)
     return f"Depth-Anything-V2 {getattr(config, 'variant', '?')}"
+
+
+def _describe_birefnet(model: torch.nn.Module) -> str:
+    return f"BiRefNet {getattr(model.config, 'name', '?')} ({model.patch_order} patch order)"
+
+
+def _describe_segrefiner(model: torch.nn.Module) -> str:
+    return f"SegRefiner (UNet width {model.config.model_channels})"
 
 
 @dataclass(frozen=True)
 class Arch:
     folder_key: str                                   # folder_paths key (and registry folder_key)
     label: str                                        # for messages and the log
-    load: Callable[[str, torch.device, torch.dtype], torch.nn.Module]
+    # (path, device, dtype, **options) -> model; options are a loader's arch-specific widgets
+    # (BiRefNet's patch_order) and are part of the cache key.
+    load: Callable[..., torch.nn.Module]
     # dtypes that 'auto' may pick where ComfyUI says the device runs them well; fp16 is left out:
     # Depth-Anything overflows in it on some images, and neither model was checked in it.
     auto_dtypes: tuple[torch.dtype, ...] = (torch.bfloat16,)
@@ -63,6 +85,10 @@ class Arch:
 ARCHS: dict[str, Arch] = {
     "pdfnet": Arch("pdfnet", "PDFNet", _load_pdfnet),
     "depth_anything": Arch("depthanything", "Depth-Anything-V2", _load_depth_anything, describe=_describe_depth),
+    "birefnet": Arch("birefnet", "BiRefNet", _load_birefnet, describe=_describe_birefnet),
+    # auto = fp32: the sampler thresholds the UNet's confidences (0.5 / fine_prob_thr) and parity
+    # with the official run was only checked in fp32; lower precision is the user's explicit choice.
+    "segrefiner": Arch("segrefiner", "SegRefiner", _load_segrefiner, auto_dtypes=(), describe=_describe_segrefiner),
 }
 
 DTYPE_CHOICES = ("auto", "fp32", "fp16", "bf16")
@@ -73,7 +99,7 @@ DTYPE_CHOICES = ("auto", "fp32", "fp16", "bf16")
 
 
 def register_model_folders() -> None:
-    """Register ``<models>/pdfnet`` and ``<models>/depthanything`` after any configured paths."""
+    """Register ``<models>/<folder_key>`` of every arch after any configured paths."""
     import folder_paths
 
     for arch in ARCHS.values():
@@ -156,7 +182,7 @@ def model_path(arch_name: str, name: str, download: bool) -> str:
         return found
     folders = model_folders(folder_key)
     entry = lookup(os.path.basename(name))
-    if not download or entry is None or entry.folder_key != folder_key or not folders:
+    if not download or entry is None or entry.folder_key != folder_key or not entry.on_hub or not folders:
         raise NodeInputError(missing_model_message(folder_key, name, folders, False))
     # ensure_model_file is atomic and verified; its errors already name the URL and the folder.
     return os.fspath(ensure_model_file(entry, folders[0], allow_download=True))
@@ -196,11 +222,12 @@ def resolve_dtype(choice: str, arch_name: str, device: torch.device) -> torch.dt
     return torch.float32
 
 
-def load_model(arch_name: str, name: str, dtype_choice: str = "auto", download: bool = False) -> torch.nn.Module:
-    """The cached model for this file/dtype/device, read from disk only if the cache has none.
+def load_model(arch_name: str, name: str, dtype_choice: str = "auto", download: bool = False,
+               **options: Any) -> torch.nn.Module:
+    """The cached model for this file/dtype/device(/options), read from disk only if the cache has none.
 
     It is built on ComfyUI's offload device; the residency hook moves it to the load device when
-    a node runs it.  Two loader nodes naming the same file share one model.
+    a node runs it.  Two loader nodes naming the same file (and options) share one model.
     """
     arch = ARCHS[arch_name]
     path = model_path(arch_name, name, download)
@@ -209,7 +236,7 @@ def load_model(arch_name: str, name: str, dtype_choice: str = "auto", download: 
 
     def build() -> torch.nn.Module:
         try:
-            model = arch.load(path, parked, dtype)
+            model = arch.load(path, parked, dtype, **options)
         except (ValueError, OSError) as exc:   # CheckpointError is a ValueError
             raise NodeInputError(f"model_name {name!r} ({path}) cannot be used as a {arch.label} model: {exc}") from exc
         what = arch.describe(model) if arch.describe else arch.label
@@ -218,7 +245,8 @@ def load_model(arch_name: str, name: str, dtype_choice: str = "auto", download: 
                  what, os.path.basename(path), device, str(dtype).removeprefix("torch."), parked)
         return model
 
-    return default_cache().get_or_load(path, dtype, device, build, tag=arch_name)
+    tag = ";".join([arch_name, *(f"{k}={v}" for k, v in sorted(options.items()))])
+    return default_cache().get_or_load(path, dtype, device, build, tag=tag)
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,9 +5,9 @@ from typing_extensions import override
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import comfy_models, composite, depth, loaders, refine, segment
+from . import comfy_models, composite, depth, loaders, refine, segment, preview, segrefine
 
-NODE_MODULES = (loaders, depth, segment, refine, composite)
+NODE_MODULES = (loaders, depth, segment, refine, composite, preview, segrefine)
 
 
 class PDFNetExtension(ComfyExtension):

@@ -4,7 +4,8 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from . import comfy_models as cm
-from .io_types import DepthAnythingModel, PDFNetModel
+from .adapters import PATCH_ORDER_AUTO, birefnet_patch_order
+from .io_types import BiRefNetModel, DepthAnythingModel, PDFNetModel, SegRefinerModel
 
 _DTYPE_TOOLTIP = ("Precision of the weights. auto: bf16 where ComfyUI says the device runs it well, else fp32 "
                   "(always fp32 on a CPU). fp16 is fastest on older GPUs but can overflow.")
@@ -13,13 +14,16 @@ _DOWNLOAD_TOOLTIP = ("Off: only files already in the folder are used. On: a know
                      "written atomically).")
 
 
-def _loader_inputs(arch_name: str, name_tooltip: str) -> list:
+def _loader_inputs(arch_name: str, name_tooltip: str, dtype_tooltip: str = _DTYPE_TOOLTIP,
+                   download: bool = True) -> list:
     key = cm.ARCHS[arch_name].folder_key
-    return [
+    inputs = [
         io.Combo.Input("model_name", options=cm.list_models(key), tooltip=name_tooltip),
-        io.Combo.Input("dtype", options=list(cm.DTYPE_CHOICES), default="auto", tooltip=_DTYPE_TOOLTIP),
-        io.Boolean.Input("download", default=False, tooltip=_DOWNLOAD_TOOLTIP.format(key=key)),
+        io.Combo.Input("dtype", options=list(cm.DTYPE_CHOICES), default="auto", tooltip=dtype_tooltip),
     ]
+    if download:   # off for models that are not on the hub: the toggle could never work there
+        inputs.append(io.Boolean.Input("download", default=False, tooltip=_DOWNLOAD_TOOLTIP.format(key=key)))
+    return inputs
 
 
 class PDFNetModelLoader(io.ComfyNode):
@@ -83,4 +87,83 @@ class PDFNetDepthAnythingLoader(io.ComfyNode):
         return io.NodeOutput(cm.load_model("depth_anything", model_name, dtype, download))
 
 
-NODES = [PDFNetModelLoader, PDFNetDepthAnythingLoader]
+class PDFNetBiRefNetLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PDFNetBiRefNetLoader",
+            display_name="Load BiRefNet Model",
+            category="PDFNet/loaders",
+            description="Loads a BiRefNet checkpoint (Swin-L or Swin-T, detected from the file) from models/birefnet. "
+                        "Connect it to PDFNet Segment in place of a PDFNet model to compare the two; BiRefNet needs "
+                        "no depth. No code is downloaded: the pack has its own BiRefNet.",
+            inputs=[
+                *_loader_inputs(
+                    "birefnet",
+                    "A BiRefNet checkpoint in models/birefnet (.safetensors or .pth). The hub repositories all name "
+                    "their file model.safetensors; here each is listed under its repository name (e.g. "
+                    "BiRefNet_HR.safetensors = ZhengPeng7/BiRefNet_HR) and downloaded under that name. BiRefNet: "
+                    "general use at 1024; _HR and _HR-matting: trained at 2048; _lite: the light Swin-T variant; "
+                    "_dynamic: trained at 256-2304. Licence: MIT."),
+                io.Combo.Input(
+                    "patch_order", options=[PATCH_ORDER_AUTO, "legacy", "current"], default=PATCH_ORDER_AUTO,
+                    tooltip="How BiRefNet splits the image into patches for its decoder. The official code changed "
+                            "this order on 2024-11-05: weights released before were trained with the 'legacy' order, "
+                            "later ones (BiRefNet_HR, _HR-matting, _dynamic) with the 'current' one, and the wrong "
+                            "order gives visibly worse masks. auto: the order this pack's registry lists for the file "
+                            "name ('current' for files it does not know)."),
+            ],
+            outputs=[BiRefNetModel.Output("birefnet_model", tooltip="BiRefNet, for PDFNet Segment's model input")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, model_name, download=False):
+        # patch_order is left to ComfyUI's own list check (naming it here would switch that off).
+        return cm.check_model_choice("birefnet", model_name, download)
+
+    @classmethod
+    def fingerprint_inputs(cls, model_name, **_):
+        return cm.file_fingerprint("birefnet", model_name)
+
+    @classmethod
+    def execute(cls, model_name, dtype, download, patch_order=PATCH_ORDER_AUTO) -> io.NodeOutput:
+        order = birefnet_patch_order(patch_order, model_name)
+        return io.NodeOutput(cm.load_model("birefnet", model_name, dtype, download, patch_order=order))
+
+
+class PDFNetSegRefinerLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PDFNetSegRefinerLoader",
+            display_name="Load SegRefiner Model",
+            category="PDFNet/loaders",
+            description="Loads a SegRefiner checkpoint (the official mmcv .pth or a .safetensors conversion) from "
+                        "models/segrefiner, for PDFNet SegRefine. The official weights are only on Google Drive: "
+                        "download them by hand (see the model_name tooltip).",
+            inputs=_loader_inputs(
+                "segrefiner",
+                "A SegRefiner checkpoint in models/segrefiner. segrefiner_hr_latest.pth (trained on ThinObject-5K + "
+                "DIS-TR) for the 'hr' mode, segrefiner_lr_latest.pth (trained on LVIS) for the 'lr' mode. Not on "
+                "the Hugging Face hub, so never downloaded automatically: get them from the links in the "
+                "MengyuWang826/SegRefiner README (Google Drive) and keep their names.",
+                dtype_tooltip="Precision of the weights. auto: fp32 (the sampler thresholds the network's confidences; "
+                              "only fp32 was compared with the official code). fp16/bf16 save memory on a GPU.",
+                download=False),
+            outputs=[SegRefinerModel.Output("segrefiner_model", tooltip="SegRefiner, for PDFNet SegRefine")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, model_name):
+        return cm.check_model_choice("segrefiner", model_name)
+
+    @classmethod
+    def fingerprint_inputs(cls, model_name, **_):
+        return cm.file_fingerprint("segrefiner", model_name)
+
+    @classmethod
+    def execute(cls, model_name, dtype) -> io.NodeOutput:
+        return io.NodeOutput(cm.load_model("segrefiner", model_name, dtype))
+
+
+NODES = [PDFNetModelLoader, PDFNetDepthAnythingLoader, PDFNetBiRefNetLoader, PDFNetSegRefinerLoader]

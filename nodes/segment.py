@@ -1,11 +1,14 @@
-"""PDFNet segmentation node: IMAGE (+ depth model or an external depth map) -> foreground MASK."""
+"""Segmentation node: IMAGE -> foreground MASK with PDFNet (+ depth model or depth map) or BiRefNet."""
 from __future__ import annotations
 
 from comfy_api.latest import io
 
 from . import comfy_models as cm
-from .adapters import segment_images
-from .io_types import DepthAnythingModel, PDFNetModel
+from .adapters import segment_images, segmenter_kind
+from .io_types import BiRefNetModel, DepthAnythingModel, PDFNetModel
+
+# The segmentation models the node accepts; pdfnet_core.pipeline.SEGMENTERS says how each is run.
+SEGMENTER_TYPES = [PDFNetModel, BiRefNetModel]
 
 _UNWIRED = object()   # an optional input that is not connected is absent from the call
 
@@ -29,23 +32,29 @@ class PDFNetSegment(io.ComfyNode):
             node_id="PDFNetSegment",
             display_name="PDFNet Segment (Remove Background)",
             category="PDFNet/segmentation",
-            description="High-precision foreground mask with PDFNet. Depth comes from the depth map if 'depth' is "
-                        "connected (the depth model is then not run), else from the depth model.",
+            description="High-precision foreground mask with PDFNet or BiRefNet. PDFNet's depth comes from the "
+                        "depth map if 'depth' is connected (the depth model is then not run), else from the depth "
+                        "model. BiRefNet uses no depth: both depth inputs are ignored (and not run).",
             search_aliases=["remove background", "background removal", "matting", "dichotomous segmentation"],
             inputs=[
                 io.Image.Input("image", tooltip="Images to segment (any size; a batch is processed in chunks)"),
-                PDFNetModel.Input("pdfnet_model", tooltip="From Load PDFNet Model"),
+                # The id stays 'pdfnet_model' (saved workflows link to it); the socket takes either model.
+                io.MultiType.Input(
+                    "pdfnet_model", types=SEGMENTER_TYPES,
+                    tooltip="From Load PDFNet Model, or from Load BiRefNet Model (switch models by changing the "
+                            "loader). BiRefNet needs no depth and ignores the depth inputs."),
                 DepthAnythingModel.Input(
                     "depth_model", optional=True, lazy=True,
                     tooltip="From Load Depth-Anything-V2 Model: computes the depth prior PDFNet was trained with. "
-                            "Not run (not even loaded) when 'depth' is connected."),
+                            "Not run (not even loaded) when 'depth' is connected or the model is a BiRefNet."),
                 io.Mask.Input(
                     "depth", optional=True, lazy=True,
                     tooltip="Optional depth maps, one per image at the image's size, larger = nearer (e.g. the depth "
-                            "output of PDFNet Depth Estimate). Replaces the depth model."),
+                            "output of PDFNet Depth Estimate). Replaces the depth model. Ignored by BiRefNet."),
                 io.Int.Input("resolution", default=1024, min=256, max=2048, step=32,
-                             tooltip="Network resolution (a multiple of 32). PDFNet was trained at 1024; the mask is "
-                                     "always returned at the source size."),
+                             tooltip="Network resolution (a multiple of 32). PDFNet and most BiRefNet models were "
+                                     "trained at 1024; the HR BiRefNet variants (BiRefNet_HR, _HR-matting) at 2048, "
+                                     "so set 2048 for them. The mask is always returned at the source size."),
                 io.Combo.Input("resize", options=_resize_modes(), default="squash",
                                tooltip="squash: stretch to a square, as in training (best on most images). pad: keep "
                                        "the aspect ratio inside the square, better for very wide or tall images."),
@@ -77,10 +86,13 @@ class PDFNetSegment(io.ComfyNode):
         return True
 
     @classmethod
-    def check_lazy_status(cls, depth_model=_UNWIRED, depth=_UNWIRED, **_):
+    def check_lazy_status(cls, pdfnet_model=None, depth_model=_UNWIRED, depth=_UNWIRED, **_):
         # A lazy input that is connected but not yet computed arrives as None; one that is not
-        # connected does not arrive at all.  A connected depth wins, so the depth model (and its
-        # loader node) only runs when no depth is connected.
+        # connected does not arrive at all.  A model without depth (BiRefNet) needs neither; for
+        # PDFNet a connected depth wins, so the depth model (and its loader node) only runs when no
+        # depth is connected.
+        if pdfnet_model is not None and not segmenter_kind(pdfnet_model).needs_depth:
+            return []
         if depth is not _UNWIRED:
             return ["depth"] if depth is None else []
         if depth_model is not _UNWIRED and depth_model is None:

@@ -507,9 +507,26 @@ def _depth_anything_elements(h: int, w: int, variant: str | None) -> float:
     return attention + tokens_held + dpt_fusion + head
 
 
+def _birefnet_elements(h: int, w: int, variant: str | None) -> float:
+    # NOT measured: a deliberately generous guess (its decoder keeps full-resolution multi-channel
+    # maps and the patch-stacked input, so more than PDFNet): 2 GiB of fp32 activations per
+    # 1024x1024 image for Swin-L, 1.5 GiB for Swin-T, growing with the pixel count.
+    gib = 1.5 if variant == "swin_v1_t" else 2.0
+    return gib * GiB / 4 * (h * w) / (1024 * 1024)
+
+
+def _segrefiner_elements(h: int, w: int, variant: str | None) -> float:
+    # NOT measured: the official width-128 UNet at one 256x256 sample is taken to hold about 12
+    # full-resolution 128-channel maps at its peak (skips + the res-block being computed).  ``size``
+    # is the UNet input (256) and ``batch`` the samples per call (HR patches: up to batch_max).
+    return 12 * 128 * h * w
+
+
 _ACTIVATION_FORMULAS: Mapping[str, Callable[[int, int, str | None], float]] = {
     "pdfnet": _pdfnet_elements,
     "depth_anything": _depth_anything_elements,
+    "birefnet": _birefnet_elements,
+    "segrefiner": _segrefiner_elements,
 }
 
 

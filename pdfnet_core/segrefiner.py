@@ -117,6 +117,12 @@ class SegRefiner(SegRefinerNet):
     def device(self) -> torch.device:
         return self.denoise_model.time_embed.weight.device
 
+    @device.setter
+    def device(self, value) -> None:
+        # ComfyUI's ModelPatcher records where it moved a model by assigning ``model.device``; the
+        # weights already say where the model is, so the assignment is accepted and ignored.
+        pass
+
     @property
     def dtype(self) -> torch.dtype:
         return self.denoise_model.time_embed.weight.dtype
