@@ -65,7 +65,7 @@ def streamed_tail(shallow: nn.Sequential, upsample1: ConvRMSSiLU, upsample2: Con
     b, _, s, w = x6.shape
     conv4, crs = shallow[0], shallow[1]
     h2, w2 = mix.shape[-2] * 2, mix.shape[-1] * 2
-    mix_half = resize(mix, (h2, w2)).clone()  # updated in place below
+    mix_half = resize(mix, (h2, w2))  # a new tensor (h2 = 2 x mix height), updated in place below
     _, half_hi, _ = linear_taps(s, h2, x6.device)      # shallow row feeding half-res row k (upper tap)
     half_lo, _, _ = linear_taps(s, h2, x6.device)
     _, full_hi, _ = linear_taps(h2, s, x6.device)      # f row feeding full-res row j (upper tap)

@@ -266,7 +266,9 @@ class SwinTransformer(nn.Module):
         outputs = []
         for i, stage in enumerate(self.layers):
             x = stage(x)
-            outputs.append(getattr(self, f"norm{i}")(x).permute(0, 3, 1, 2).contiguous())
+            # the permuted NHWC buffer is already channels-last memory, which the convolutions after
+            # the backbone prefer on CPU and GPU; no copy back to NCHW
+            outputs.append(getattr(self, f"norm{i}")(x).permute(0, 3, 1, 2))
             if stage.downsample is not None:
                 x = stage.downsample(x)
         return outputs
