@@ -109,6 +109,15 @@ def main() -> None:
 
         depth_weights = str(scratch / f"dav2_{args.pipeline}_synthetic.safetensors")
         save_file(synth_state_dict(key_shapes(REFERENCE, args.pipeline)), depth_weights)
+    try:
+        _run_sizes(args, weights, depth_weights)
+    finally:
+        import shutil
+
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run_sizes(args: argparse.Namespace, weights: str, depth_weights: str | None) -> None:
     print(f"{'size':>6} {'dtype':>5} {'device':>6} {'seconds':>9} {'before GiB':>11} {'peak GiB':>9} "
           f"{'forward GiB':>12}  vs official (s, peak GiB)")
     for size in args.sizes:
