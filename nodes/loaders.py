@@ -1,6 +1,8 @@
 """Loader nodes: a file from a models folder -> a model held by the shared cache."""
 from __future__ import annotations
 
+from typing import ClassVar
+
 from comfy_api.latest import io
 
 from . import comfy_models as cm
@@ -26,7 +28,30 @@ def _loader_inputs(arch_name: str, name_tooltip: str, dtype_tooltip: str = _DTYP
     return inputs
 
 
-class PDFNetModelLoader(io.ComfyNode):
+class _FileLoader(io.ComfyNode):
+    """What every loader node does with its file; subclasses set ARCH and their schema."""
+
+    ARCH: ClassVar[str]
+
+    @classmethod
+    def validate_inputs(cls, model_name, download=False):
+        # Only the inputs named here are checked by us; the others (dtype, patch_order) keep
+        # ComfyUI's own list checks, which naming them would switch off.
+        return cm.check_model_choice(cls.ARCH, model_name, download)
+
+    @classmethod
+    def fingerprint_inputs(cls, model_name, **_):
+        # size + mtime: a file replaced on disk makes the loader run again
+        return cm.file_fingerprint(cls.ARCH, model_name)
+
+    @classmethod
+    def execute(cls, model_name, dtype, download=False) -> io.NodeOutput:
+        return io.NodeOutput(cm.load_model(cls.ARCH, model_name, dtype, download))
+
+
+class PDFNetModelLoader(_FileLoader):
+    ARCH = "pdfnet"
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -42,20 +67,10 @@ class PDFNetModelLoader(io.ComfyNode):
             outputs=[PDFNetModel.Output("pdfnet_model", tooltip="PDFNet, for PDFNet Segment")],
         )
 
-    @classmethod
-    def validate_inputs(cls, model_name, download=False):
-        return cm.check_model_choice("pdfnet", model_name, download)
 
-    @classmethod
-    def fingerprint_inputs(cls, model_name, dtype, download):
-        return cm.file_fingerprint("pdfnet", model_name)
+class PDFNetDepthAnythingLoader(_FileLoader):
+    ARCH = "depth_anything"
 
-    @classmethod
-    def execute(cls, model_name, dtype, download) -> io.NodeOutput:
-        return io.NodeOutput(cm.load_model("pdfnet", model_name, dtype, download))
-
-
-class PDFNetDepthAnythingLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -74,20 +89,10 @@ class PDFNetDepthAnythingLoader(io.ComfyNode):
                                                                       "and PDFNet Depth Estimate")],
         )
 
-    @classmethod
-    def validate_inputs(cls, model_name, download=False):
-        return cm.check_model_choice("depth_anything", model_name, download)
 
-    @classmethod
-    def fingerprint_inputs(cls, model_name, dtype, download):
-        return cm.file_fingerprint("depth_anything", model_name)
+class PDFNetBiRefNetLoader(_FileLoader):
+    ARCH = "birefnet"
 
-    @classmethod
-    def execute(cls, model_name, dtype, download) -> io.NodeOutput:
-        return io.NodeOutput(cm.load_model("depth_anything", model_name, dtype, download))
-
-
-class PDFNetBiRefNetLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -117,21 +122,14 @@ class PDFNetBiRefNetLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, model_name, download=False):
-        # patch_order is left to ComfyUI's own list check (naming it here would switch that off).
-        return cm.check_model_choice("birefnet", model_name, download)
-
-    @classmethod
-    def fingerprint_inputs(cls, model_name, **_):
-        return cm.file_fingerprint("birefnet", model_name)
-
-    @classmethod
     def execute(cls, model_name, dtype, download, patch_order=PATCH_ORDER_AUTO) -> io.NodeOutput:
         order = birefnet_patch_order(patch_order, model_name)
         return io.NodeOutput(cm.load_model("birefnet", model_name, dtype, download, patch_order=order))
 
 
-class PDFNetSegRefinerLoader(io.ComfyNode):
+class PDFNetSegRefinerLoader(_FileLoader):
+    ARCH = "segrefiner"
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -156,10 +154,6 @@ class PDFNetSegRefinerLoader(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, model_name):
         return cm.check_model_choice("segrefiner", model_name)
-
-    @classmethod
-    def fingerprint_inputs(cls, model_name, **_):
-        return cm.file_fingerprint("segrefiner", model_name)
 
     @classmethod
     def execute(cls, model_name, dtype) -> io.NodeOutput:
