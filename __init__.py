@@ -18,7 +18,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 def _expose_pdfnet_core() -> None:
     """Make this pack's ``pdfnet_core`` importable under its own name.
 
-    pdfnet_core imports itself absolutely (``from pdfnet_core.images import ...``) so it works as a
+    pdfnet_core imports itself absolutely (``from pdfnet_core.ops.images import ...``) so it works as a
     plain library; inside ComfyUI the pack folder is not on sys.path.  The package is loaded from
     here by name rather than by putting the pack folder on sys.path, which would also expose this
     pack's ``nodes`` folder as a top-level ``nodes`` and shadow ComfyUI's own nodes module.

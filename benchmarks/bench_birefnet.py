@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,16 +28,11 @@ BIREFNET_MODELS = ("swin_v1_t", "swin_v1_l")
 PDFNET_MODELS = ("pdfnet", "pdfnet+depth")
 
 
-def _rss_gib() -> float:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * resource.getpagesize() / 2**30
-
-
 def child(size: int, dtype_name: str, device: str, repeats: int, weights: str, threads: int) -> dict:
     sys.path[:0] = [str(ROOT)]
     import torch
 
-    from pdfnet_core.birefnet_loader import load_birefnet
+    from pdfnet_core.models.birefnet.loader import load_birefnet
     from pdfnet_core.weights import DTYPES
 
     torch.set_num_threads(threads)
@@ -48,44 +41,31 @@ def child(size: int, dtype_name: str, device: str, repeats: int, weights: str, t
     with torch.no_grad():  # one small warm-up pass: kernel selection and one-time allocations
         model(torch.zeros(1, 3, 64, 64, device=device, dtype=dtype))
     image = torch.randn(1, 3, size, size, device=device, dtype=dtype)
-    before = _rss_gib()
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    with torch.no_grad():
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            out = model(image)
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-    result = {"size": size, "dtype": dtype_name, "device": device, "seconds": times, "before_gib": before,
-              "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-              "finite": bool(torch.isfinite(out).all())}
-    if device.startswith("cuda"):
-        result["cuda_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    return result
+    from benchmarks.measure import timed_runs
+
+    times, figures = timed_runs(lambda: model(image), repeats, device)
+    return {"size": size, "dtype": dtype_name, "device": device, "seconds": times, **figures}
 
 
 def _write_weights(model: str, scratch: Path) -> list[str]:
     """Synthetic weights for ``model``; returns the extra command-line arguments that name them."""
     from safetensors.torch import save_file
 
-    sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+    sys.path[:0] = [str(ROOT)]
     if model in BIREFNET_MODELS:
-        from synthetic_birefnet import synthetic_state_dict
+        from tests.support.synthetic_birefnet import synthetic_state_dict
 
         path = scratch / f"birefnet_{model}_synthetic.safetensors"
         save_file(synthetic_state_dict(REFERENCE, model), str(path))
         return ["--weights", str(path)]
-    from synthetic_pdfnet import synthetic_state_dict as pdfnet_state
+    from tests.support.synthetic_pdfnet import synthetic_state_dict as pdfnet_state
 
     path = scratch / "pdfnet_synthetic.safetensors"
     if not path.exists():
         save_file(pdfnet_state(REFERENCE), str(path))
     extra = ["--weights", str(path)]
     if model == "pdfnet+depth":
-        from synthetic_dam2 import key_shapes, synth_state_dict
+        from tests.support.synthetic_dam2 import key_shapes, synth_state_dict
 
         depth = scratch / "dav2_vits_synthetic.safetensors"
         save_file(synth_state_dict(key_shapes(REFERENCE, "vits")), str(depth))

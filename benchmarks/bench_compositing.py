@@ -60,7 +60,7 @@ def _torch_inputs(d):
 
 
 def torch_grow_feather(d):
-    from pdfnet_core.refine import feather_mask, grow_mask
+    from pdfnet_core.ops.refine import feather_mask, grow_mask
 
     _, a, _ = _torch_inputs(d)
     return lambda: feather_mask(grow_mask(a, 4), 2.0)
@@ -77,7 +77,7 @@ def pil_grow_feather(d):
 
 
 def torch_holes_islands(d):
-    from pdfnet_core.refine import fill_holes, remove_islands
+    from pdfnet_core.ops.refine import fill_holes, remove_islands
 
     _, a, _ = _torch_inputs(d)
     return lambda: fill_holes(remove_islands(a, 64), 256)
@@ -102,21 +102,21 @@ def scipy_holes_islands(d):
 
 
 def torch_guided(d):
-    from pdfnet_core.refine import guided_filter
+    from pdfnet_core.ops.refine import guided_filter
 
     i, a, _ = _torch_inputs(d)
     return lambda: guided_filter(a, i, 8, 1e-3, "color")
 
 
 def torch_fg_ml(d):
-    from pdfnet_core.foreground import estimate_foreground_ml
+    from pdfnet_core.ops.foreground import estimate_foreground_ml
 
     i, a, _ = _torch_inputs(d)
     return lambda: estimate_foreground_ml(i, a)
 
 
 def torch_fg_blur_fusion(d):
-    from pdfnet_core.foreground import estimate_foreground_blur_fusion
+    from pdfnet_core.ops.foreground import estimate_foreground_blur_fusion
 
     i, a, _ = _torch_inputs(d)
     return lambda: estimate_foreground_blur_fusion(i, a)
@@ -129,7 +129,7 @@ def pymatting_fg_ml(d):
 
 
 def torch_composite(d):
-    from pdfnet_core.composite import composite_over_image, to_rgba
+    from pdfnet_core.ops.composite import composite_over_image, to_rgba
 
     i, a, b = _torch_inputs(d)
     return lambda: (composite_over_image(i, a, b, "cover"), to_rgba(i, a))
@@ -151,9 +151,9 @@ def pil_composite(d):
 
 
 def torch_pipeline(d):
-    from pdfnet_core.composite import composite_over_image
-    from pdfnet_core.foreground import estimate_foreground_ml
-    from pdfnet_core.refine import feather_mask, fill_holes, grow_mask, remove_islands
+    from pdfnet_core.ops.composite import composite_over_image
+    from pdfnet_core.ops.foreground import estimate_foreground_ml
+    from pdfnet_core.ops.refine import feather_mask, fill_holes, grow_mask, remove_islands
 
     i, a, b = _torch_inputs(d)
 

@@ -66,9 +66,9 @@ def run_case(variant: str, size: int, repeat: int, dtype_name: str, threads: int
     import torch
 
     from pdfnet_core.depth import estimate_depth, network_size
-    from pdfnet_core.depth_anything_loader import load_depth_anything
-    from pdfnet_core.models.depth_anything import build_depth_anything
-    from tests.synthetic_dam2 import synth_state_dict
+    from pdfnet_core.models.depth_anything.loader import load_depth_anything
+    from pdfnet_core.models.depth_anything.net import build_depth_anything
+    from tests.support.synthetic_dam2 import synth_state_dict
 
     if threads:
         torch.set_num_threads(threads)

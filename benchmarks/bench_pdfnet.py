@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,17 +23,12 @@ REFERENCE = ROOT.parent / "shared" / "reference"
 OFFICIAL = {512: (9.8, 1.66), 1024: (21.8, 3.92)}
 
 
-def _rss_gib() -> float:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * resource.getpagesize() / 2**30
-
-
 def child(size: int, dtype_name: str, device: str, repeats: int, weights: str | None, threads: int,
           depth_weights: str | None = None) -> dict:
-    sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+    sys.path[:0] = [str(ROOT)]
     import torch
 
-    from pdfnet_core.pdfnet_loader import load_pdfnet
+    from pdfnet_core.models.pdfnet.loader import load_pdfnet
     from pdfnet_core.weights import DTYPES
 
     torch.set_num_threads(threads)
@@ -46,32 +39,16 @@ def child(size: int, dtype_name: str, device: str, repeats: int, weights: str | 
     depth = torch.rand(1, 1, size, size, device=device)
     run = lambda: model(image, depth)  # noqa: E731
     if depth_weights:
-        from pdfnet_core.depth_anything_loader import load_depth_anything
+        from pdfnet_core.models.depth_anything.loader import load_depth_anything
         from pdfnet_core.pipeline import segment
 
         depth_model = load_depth_anything(depth_weights, device=device)
         photo = torch.rand(1, size, size, 3)
         run = lambda: segment(photo, model=model, depth_model=depth_model, size=size)  # noqa: E731
-    before = _rss_gib()
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    with torch.no_grad():
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            out = run()
-            out = out[0] if isinstance(out, list) else out
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-    result = {
-        "size": size, "dtype": dtype_name, "device": device, "seconds": times,
-        "before_gib": before, "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-        "finite": bool(torch.isfinite(out).all()),
-    }
-    if device.startswith("cuda"):
-        result["cuda_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    return result
+    from benchmarks.measure import timed_runs
+
+    times, figures = timed_runs(run, repeats, device)
+    return {"size": size, "dtype": dtype_name, "device": device, "seconds": times, **figures}
 
 
 def main() -> None:
@@ -95,17 +72,17 @@ def main() -> None:
 
     from safetensors.torch import save_file
 
-    sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+    sys.path[:0] = [str(ROOT)]
     scratch = Path(tempfile.mkdtemp(prefix="pdfnet_bench_"))
     weights = args.weights
     if weights is None:
-        from synthetic_pdfnet import synthetic_state_dict
+        from tests.support.synthetic_pdfnet import synthetic_state_dict
 
         weights = str(scratch / "pdfnet_synthetic.safetensors")
         save_file(synthetic_state_dict(REFERENCE), weights)
     depth_weights = None
     if args.pipeline:
-        from synthetic_dam2 import key_shapes, synth_state_dict
+        from tests.support.synthetic_dam2 import key_shapes, synth_state_dict
 
         depth_weights = str(scratch / f"dav2_{args.pipeline}_synthetic.safetensors")
         save_file(synth_state_dict(key_shapes(REFERENCE, args.pipeline)), depth_weights)

@@ -56,12 +56,12 @@ def main(argv=None) -> int:
     p.add_argument("--skip-hr", action="store_true", help="only time the UNet step")
     args = p.parse_args(argv)
 
-    sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+    sys.path[:0] = [str(ROOT)]
     import torch
 
-    from pdfnet_core.segrefiner_loader import load_segrefiner
+    from pdfnet_core.models.segrefiner.loader import load_segrefiner
     from pdfnet_core.weights import DTYPES
-    from synthetic_segrefiner import synthetic_state_dict
+    from tests.support.synthetic_segrefiner import synthetic_state_dict
 
     if args.threads:
         torch.set_num_threads(args.threads)

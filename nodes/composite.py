@@ -1,25 +1,18 @@
-"""Compositing nodes over pdfnet_core.composite: over a colour or an image, to RGBA, mask polarity."""
+"""Compositing nodes over pdfnet_core.ops.composite: over a colour or an image, to RGBA, mask polarity."""
 from __future__ import annotations
 
 from comfy_api.latest import io
 
-from . import comfy_models as cm
-from .adapters import as_mask_batch, check_image
+from pdfnet_core import FIT_MODES, check_mask, composite_over_color, composite_over_image, to_rgba
+
+from . import host
+from .batches import foreground_to_loadimage_mask, loadimage_mask_to_foreground, node_image
 
 
-def _fit_modes() -> list[str]:
-    from pdfnet_core.composite import FIT_MODES
-
-    return list(FIT_MODES)
-
-
-def _polarities() -> dict:
-    from pdfnet_core.composite import foreground_to_loadimage_mask, loadimage_mask_to_foreground
-
-    return {
-        "foreground -> LoadImage/JoinImageWithAlpha mask": foreground_to_loadimage_mask,
-        "LoadImage mask -> foreground": loadimage_mask_to_foreground,
-    }
+POLARITIES = {
+    "foreground -> LoadImage/JoinImageWithAlpha mask": foreground_to_loadimage_mask,
+    "LoadImage mask -> foreground": loadimage_mask_to_foreground,
+}
 
 
 class PDFNetComposite(io.ComfyNode):
@@ -38,7 +31,7 @@ class PDFNetComposite(io.ComfyNode):
                 io.Color.Input("color", default="#ffffff",
                                tooltip="Background colour (used when 'background' is not connected, and as the "
                                        "letterbox colour of fit = contain)"),
-                io.Combo.Input("fit", options=_fit_modes(), default="cover",
+                io.Combo.Input("fit", options=list(FIT_MODES), default="cover",
                                tooltip="How a background image of another size is fitted: cover = fill and crop, "
                                        "contain = fit inside and letterbox, stretch = resize ignoring aspect"),
                 io.Image.Input("background", optional=True,
@@ -49,15 +42,13 @@ class PDFNetComposite(io.ComfyNode):
 
     @classmethod
     def execute(cls, foreground, mask, color, fit, background=None) -> io.NodeOutput:
-        from pdfnet_core.composite import composite_over_color, composite_over_image
-
-        fg, alpha = check_image(foreground, "foreground")[..., :3], as_mask_batch(mask)
+        fg, alpha = node_image(foreground, "foreground"), check_mask(mask, single=True)
         if background is None:
             out = composite_over_color(fg, alpha.to(fg.device), color)
         else:
-            out = composite_over_image(fg, alpha.to(fg.device), check_image(background, "background")[..., :3],
+            out = composite_over_image(fg, alpha.to(fg.device), node_image(background, "background"),
                                        fit=fit, fill=color)
-        return io.NodeOutput(cm.to_output(out))
+        return io.NodeOutput(host.to_output(out))
 
 
 class PDFNetToRGBA(io.ComfyNode):
@@ -81,10 +72,8 @@ class PDFNetToRGBA(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, mask) -> io.NodeOutput:
-        from pdfnet_core.composite import to_rgba
-
-        image = check_image(image)[..., :3]
-        return io.NodeOutput(cm.to_output(to_rgba(image, as_mask_batch(mask).to(image.device))))
+        image = node_image(image)
+        return io.NodeOutput(host.to_output(to_rgba(image, check_mask(mask, single=True).to(image.device))))
 
 
 class PDFNetMaskPolarity(io.ComfyNode):
@@ -98,7 +87,7 @@ class PDFNetMaskPolarity(io.ComfyNode):
                         "= 1) and JoinImageWithAlpha sets alpha = 1 - mask. Converts between the two.",
             inputs=[
                 io.Mask.Input("mask", tooltip="The mask to convert"),
-                io.Combo.Input("direction", options=list(_polarities()),
+                io.Combo.Input("direction", options=list(POLARITIES),
                                tooltip="foreground -> LoadImage/JoinImageWithAlpha mask: feed this pack's mask to "
                                        "JoinImageWithAlpha or compare it with a LoadImage mask. LoadImage mask -> "
                                        "foreground: use the alpha of a transparent PNG loaded by LoadImage here."),
@@ -108,10 +97,10 @@ class PDFNetMaskPolarity(io.ComfyNode):
 
     @classmethod
     def execute(cls, mask, direction) -> io.NodeOutput:
-        convert = _polarities().get(direction)
+        convert = POLARITIES.get(direction)
         if convert is None:
-            raise ValueError(f"direction must be one of {list(_polarities())}, got {direction!r}")
-        return io.NodeOutput(cm.to_output(convert(as_mask_batch(mask))))
+            raise ValueError(f"direction must be one of {list(POLARITIES)}, got {direction!r}")
+        return io.NodeOutput(host.to_output(convert(mask)))
 
 
 NODES = [PDFNetComposite, PDFNetToRGBA, PDFNetMaskPolarity]

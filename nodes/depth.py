@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from . import comfy_models as cm
-from .adapters import DEPTH_NORMALISATIONS, estimate_depth_images
+from . import host
+from .batches import DEPTH_NORMALISATIONS, estimate_depth_images
 from .io_types import DepthAnythingModel
 
 
@@ -36,9 +36,9 @@ class PDFNetDepthEstimate(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, depth_model, normalization, input_size) -> io.NodeOutput:
-        depth = estimate_depth_images(image, depth_model, cm.RUNTIME, normalization=normalization,
+        depth = estimate_depth_images(image, depth_model, host.RUNTIME, normalization=normalization,
                                       input_size=input_size)
-        return io.NodeOutput(cm.to_output(depth), cm.to_output(depth[..., None].expand(-1, -1, -1, 3)))
+        return io.NodeOutput(host.to_output(depth), host.to_output(depth[..., None].expand(-1, -1, -1, 3)))
 
 
 NODES = [PDFNetDepthEstimate]

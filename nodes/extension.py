@@ -5,9 +5,9 @@ from typing_extensions import override
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import comfy_models, composite, depth, loaders, refine, segment, preview, segrefine
+from . import compare, composite, depth, host, loaders, refine, segment, segrefiner
 
-NODE_MODULES = (loaders, depth, segment, refine, composite, preview, segrefine)
+NODE_MODULES = (loaders, depth, segment, refine, composite, compare, segrefiner)
 
 
 class PDFNetExtension(ComfyExtension):
@@ -15,8 +15,8 @@ class PDFNetExtension(ComfyExtension):
     async def on_load(self) -> None:
         # Here, not at import: ComfyUI has read extra_model_paths.yaml by now, and importing the
         # pack elsewhere (tests, tools) must not touch ComfyUI's globals.
-        comfy_models.register_model_folders()
-        comfy_models.install_residency_hook()
+        host.register_model_folders()
+        host.install_residency_hook()
 
     @override
     async def get_node_list(self) -> list[type[io.ComfyNode]]:

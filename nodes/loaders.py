@@ -5,8 +5,9 @@ from typing import ClassVar
 
 from comfy_api.latest import io
 
-from . import comfy_models as cm
-from .adapters import PATCH_ORDER_AUTO, birefnet_patch_order
+from pdfnet_core import family
+
+from . import host, model_files
 from .io_types import BiRefNetModel, DepthAnythingModel, PDFNetModel, SegRefinerModel
 
 _DTYPE_TOOLTIP = ("Precision of the weights. auto: bf16 where ComfyUI says the device runs it well, else fp32 "
@@ -16,12 +17,12 @@ _DOWNLOAD_TOOLTIP = ("Off: only files already in the folder are used. On: a know
                      "written atomically).")
 
 
-def _loader_inputs(arch_name: str, name_tooltip: str, dtype_tooltip: str = _DTYPE_TOOLTIP,
+def _loader_inputs(family_name: str, name_tooltip: str, dtype_tooltip: str = _DTYPE_TOOLTIP,
                    download: bool = True) -> list:
-    key = cm.ARCHS[arch_name].folder_key
+    key = family(family_name).folder_key
     inputs = [
-        io.Combo.Input("model_name", options=cm.list_models(key), tooltip=name_tooltip),
-        io.Combo.Input("dtype", options=list(cm.DTYPE_CHOICES), default="auto", tooltip=dtype_tooltip),
+        io.Combo.Input("model_name", options=model_files.list_models(key), tooltip=name_tooltip),
+        io.Combo.Input("dtype", options=list(host.DTYPE_CHOICES), default="auto", tooltip=dtype_tooltip),
     ]
     if download:   # off for models that are not on the hub: the toggle could never work there
         inputs.append(io.Boolean.Input("download", default=False, tooltip=_DOWNLOAD_TOOLTIP.format(key=key)))
@@ -29,28 +30,32 @@ def _loader_inputs(arch_name: str, name_tooltip: str, dtype_tooltip: str = _DTYP
 
 
 class _FileLoader(io.ComfyNode):
-    """What every loader node does with its file; subclasses set ARCH and their schema."""
+    """What every loader node does with its file; subclasses set FAMILY and their schema."""
 
-    ARCH: ClassVar[str]
+    FAMILY: ClassVar[str]
 
     @classmethod
     def validate_inputs(cls, model_name, download=False):
         # Only the inputs named here are checked by us; the others (dtype, patch_order) keep
         # ComfyUI's own list checks, which naming them would switch off.
-        return cm.check_model_choice(cls.ARCH, model_name, download)
+        return model_files.check_model_choice(cls.FAMILY, model_name, download)
 
     @classmethod
     def fingerprint_inputs(cls, model_name, **_):
         # size + mtime: a file replaced on disk makes the loader run again
-        return cm.file_fingerprint(cls.ARCH, model_name)
+        return model_files.file_fingerprint(cls.FAMILY, model_name)
 
     @classmethod
     def execute(cls, model_name, dtype, download=False) -> io.NodeOutput:
-        return io.NodeOutput(cm.load_model(cls.ARCH, model_name, dtype, download))
+        return io.NodeOutput(model_files.load_model(cls.FAMILY, model_name, dtype, download))
+
+
+_REVISION = family("pdfnet").option("revision")
+_PATCH_ORDER = family("birefnet").option("patch_order")
 
 
 class PDFNetModelLoader(_FileLoader):
-    ARCH = "pdfnet"
+    FAMILY = "pdfnet"
 
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -60,16 +65,32 @@ class PDFNetModelLoader(_FileLoader):
             category="PDFNet/loaders",
             description="Loads a PDFNet checkpoint from models/pdfnet. Loader nodes naming the same file share one "
                         "model, kept in ComfyUI's memory manager.",
-            inputs=_loader_inputs(
-                "pdfnet",
-                "A PDFNet checkpoint in models/pdfnet (.pth or .safetensors). PDFNet_Best.pth: the paper's model "
-                "(DIS5K); PDF-Generally.pth: trained on more data, for general photos."),
+            inputs=[
+                *_loader_inputs(
+                    "pdfnet",
+                    "A PDFNet checkpoint in models/pdfnet (.pth or .safetensors). PDFNet_Best.pth: the paper's model "
+                    "(DIS5K); PDF-Generally.pth: trained on more data, for general photos."),
+                # Optional and last: workflows saved before it existed still load, and run with auto.
+                io.Combo.Input(
+                    "revision", options=list(_REVISION.choices), default=_REVISION.default, optional=True,
+                    tooltip="Which official PDFNet code runs these weights. auto (default): decided from the file "
+                            "itself and written to the log. The published PDFNet_Best.pth and PDF-Generally.pth, "
+                            "and safetensors converted from them, run as v1; a file that shows neither runs as v2, "
+                            "with a warning. v1: the first release (802b477), which saved the published weights: "
+                            "soft boundaries, patch tiles weighted by how much edge they hold. v2: the current "
+                            "official code (f4e218b): thresholded boundaries, tiles weighted 1 or 2. Same weights; "
+                            "masks differ slightly (up to about 0.05 alpha on test weights)."),
+            ],
             outputs=[PDFNetModel.Output("pdfnet_model", tooltip="PDFNet, for PDFNet Segment")],
         )
 
+    @classmethod
+    def execute(cls, model_name, dtype, download=False, revision=_REVISION.default) -> io.NodeOutput:
+        return io.NodeOutput(model_files.load_model("pdfnet", model_name, dtype, download, revision=revision))
+
 
 class PDFNetDepthAnythingLoader(_FileLoader):
-    ARCH = "depth_anything"
+    FAMILY = "depth_anything"
 
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -91,7 +112,7 @@ class PDFNetDepthAnythingLoader(_FileLoader):
 
 
 class PDFNetBiRefNetLoader(_FileLoader):
-    ARCH = "birefnet"
+    FAMILY = "birefnet"
 
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -111,7 +132,7 @@ class PDFNetBiRefNetLoader(_FileLoader):
                     "general use at 1024; _HR and _HR-matting: trained at 2048; _lite: the light Swin-T variant; "
                     "_dynamic: trained at 256-2304. Licence: MIT."),
                 io.Combo.Input(
-                    "patch_order", options=[PATCH_ORDER_AUTO, "legacy", "current"], default=PATCH_ORDER_AUTO,
+                    "patch_order", options=list(_PATCH_ORDER.choices), default=_PATCH_ORDER.default,
                     tooltip="How BiRefNet splits the image into patches for its decoder. The official code changed "
                             "this order on 2024-11-05: weights released before were trained with the 'legacy' order, "
                             "later ones (BiRefNet_HR, _HR-matting, _dynamic) with the 'current' one, and the wrong "
@@ -122,13 +143,12 @@ class PDFNetBiRefNetLoader(_FileLoader):
         )
 
     @classmethod
-    def execute(cls, model_name, dtype, download, patch_order=PATCH_ORDER_AUTO) -> io.NodeOutput:
-        order = birefnet_patch_order(patch_order, model_name)
-        return io.NodeOutput(cm.load_model("birefnet", model_name, dtype, download, patch_order=order))
+    def execute(cls, model_name, dtype, download, patch_order=_PATCH_ORDER.default) -> io.NodeOutput:
+        return io.NodeOutput(model_files.load_model("birefnet", model_name, dtype, download, patch_order=patch_order))
 
 
 class PDFNetSegRefinerLoader(_FileLoader):
-    ARCH = "segrefiner"
+    FAMILY = "segrefiner"
 
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -153,11 +173,11 @@ class PDFNetSegRefinerLoader(_FileLoader):
 
     @classmethod
     def validate_inputs(cls, model_name):
-        return cm.check_model_choice("segrefiner", model_name)
+        return model_files.check_model_choice("segrefiner", model_name)
 
     @classmethod
     def execute(cls, model_name, dtype) -> io.NodeOutput:
-        return io.NodeOutput(cm.load_model("segrefiner", model_name, dtype))
+        return io.NodeOutput(model_files.load_model("segrefiner", model_name, dtype))
 
 
 NODES = [PDFNetModelLoader, PDFNetDepthAnythingLoader, PDFNetBiRefNetLoader, PDFNetSegRefinerLoader]

@@ -1,26 +1,26 @@
-"""Mask nodes: refinement (pdfnet_core.refine) and foreground colour estimation (pdfnet_core.foreground)."""
+"""Mask nodes: refinement and foreground colour estimation (pdfnet_core.ops.refine / .foreground)."""
 from __future__ import annotations
 
 from comfy_api.latest import io
 
-from . import comfy_models as cm
-from .adapters import TEMPORAL_OFF, estimate_foreground_images, refine_config, refine_masks
+from . import host
+from .batches import TEMPORAL_OFF, estimate_foreground_images, refine_config, refine_masks
 
 
 def _guides() -> list[str]:
-    from pdfnet_core.refine import GUIDES
+    from pdfnet_core import GUIDES
 
     return list(GUIDES)
 
 
 def _temporal_methods() -> list[str]:
-    from pdfnet_core.refine import TEMPORAL_METHODS
+    from pdfnet_core import TEMPORAL_METHODS
 
     return [TEMPORAL_OFF, *TEMPORAL_METHODS]
 
 
 def _foreground_methods() -> list[str]:
-    from pdfnet_core.foreground import FOREGROUND_METHODS
+    from pdfnet_core import FOREGROUND_METHODS
 
     return list(FOREGROUND_METHODS)
 
@@ -79,8 +79,8 @@ class PDFNetRefineMask(io.ComfyNode):
                                fill_holes=fill_holes, hole_max_area=hole_max_area, grow=grow,
                                guided_radius=guided_radius, guided_eps=guided_eps, guide=guide, feather=feather,
                                temporal=temporal, temporal_radius=temporal_radius, temporal_decay=temporal_decay)
-        refined = refine_masks(mask, config, cm.RUNTIME, image=image, device=cm.compute_device())
-        return io.NodeOutput(cm.to_output(refined))
+        refined = refine_masks(mask, config, host.RUNTIME, image=image, device=host.load_device())
+        return io.NodeOutput(host.to_output(refined))
 
 
 class PDFNetEstimateForeground(io.ComfyNode):
@@ -105,8 +105,8 @@ class PDFNetEstimateForeground(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, mask, method) -> io.NodeOutput:
-        return io.NodeOutput(cm.to_output(estimate_foreground_images(image, mask, method, cm.RUNTIME,
-                                                                     device=cm.compute_device())))
+        return io.NodeOutput(host.to_output(estimate_foreground_images(image, mask, method, host.RUNTIME,
+                                                                     device=host.load_device())))
 
 
 NODES = [PDFNetRefineMask, PDFNetEstimateForeground]

@@ -3,26 +3,20 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from . import comfy_models as cm
-from .adapters import segment_images, segmenter_kind
+from pdfnet_core import RESIZE_MODES, SegmentOptions, premultiply
+
+from . import host
+from .batches import segment_images, segmenter_of
 from .io_types import BiRefNetModel, DepthAnythingModel, PDFNetModel
 
-# The segmentation models the node accepts; pdfnet_core.pipeline.SEGMENTERS says how each is run.
+# The segmentation models the node accepts; each family's spec says how it is run.
 SEGMENTER_TYPES = [PDFNetModel, BiRefNetModel]
 
 _UNWIRED = object()   # an optional input that is not connected is absent from the call
 
 
-def _options(resolution: int, resize: str, tta: bool):
-    from pdfnet_core.pipeline import SegmentOptions
-
+def _options(resolution: int, resize: str, tta: bool) -> SegmentOptions:
     return SegmentOptions(size=resolution, resize=resize, tta=tta)
-
-
-def _resize_modes() -> list[str]:
-    from pdfnet_core.pipeline import PLACEMENTS
-
-    return list(PLACEMENTS)
 
 
 class PDFNetSegment(io.ComfyNode):
@@ -55,7 +49,7 @@ class PDFNetSegment(io.ComfyNode):
                              tooltip="Network resolution (a multiple of 32). PDFNet and most BiRefNet models were "
                                      "trained at 1024; the HR BiRefNet variants (BiRefNet_HR, _HR-matting) at 2048, "
                                      "so set 2048 for them. The mask is always returned at the source size."),
-                io.Combo.Input("resize", options=_resize_modes(), default="squash",
+                io.Combo.Input("resize", options=list(RESIZE_MODES), default="squash",
                                tooltip="squash: stretch to a square, as in training (best on most images). pad: keep "
                                        "the aspect ratio inside the square, better for very wide or tall images."),
                 io.Boolean.Input("tta", default=False,
@@ -91,7 +85,7 @@ class PDFNetSegment(io.ComfyNode):
         # connected does not arrive at all.  A model without depth (BiRefNet) needs neither; for
         # PDFNet a connected depth wins, so the depth model (and its loader node) only runs when no
         # depth is connected.
-        if pdfnet_model is not None and not segmenter_kind(pdfnet_model).needs_depth:
+        if pdfnet_model is not None and not segmenter_of(pdfnet_model).spec.inputs.needs_depth:
             return []
         if depth is not _UNWIRED:
             return ["depth"] if depth is None else []
@@ -101,12 +95,10 @@ class PDFNetSegment(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, pdfnet_model, resolution, resize, tta, depth_model=None, depth=None) -> io.NodeOutput:
-        from pdfnet_core.composite import premultiply
-
-        masks = segment_images(image, pdfnet_model, _options(resolution, resize, tta), cm.RUNTIME,
+        masks = segment_images(image, pdfnet_model, _options(resolution, resize, tta), host.RUNTIME,
                                depth_model=depth_model, depth=depth)
         cutout = premultiply(image[..., :3].to(masks.device, masks.dtype), masks)
-        return io.NodeOutput(cm.to_output(masks), cm.to_output(cutout))
+        return io.NodeOutput(host.to_output(masks), host.to_output(cutout))
 
 
 NODES = [PDFNetSegment]

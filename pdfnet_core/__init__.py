@@ -1,7 +1,8 @@
 """pdfnet_core: PDFNet dichotomous image segmentation, depth priors, refinement and compositing.
 
-Importable without ComfyUI.  Public entry points are resolved lazily so that ``import pdfnet_core``
-stays cheap (the CLI and ComfyUI import only what they use).
+Importable without ComfyUI.  The names below are the public API (what users and the pack's own
+ComfyUI node layer import); they are resolved lazily so that ``import pdfnet_core`` stays cheap
+(the CLI and ComfyUI import only what they use).  docs/ARCHITECTURE.md maps the modules.
 """
 from __future__ import annotations
 
@@ -9,33 +10,49 @@ import importlib
 
 __version__ = "0.1.0"
 
-_EXPORTS = {
-    "load_pdfnet": "pdfnet_core.pdfnet_loader",
-    "PDFNet": "pdfnet_core.models.pdfnet",
-    "PDFNetConfig": "pdfnet_core.models.pdfnet",
-    "segment": "pdfnet_core.pipeline",
-    "SegmentOptions": "pdfnet_core.pipeline",
-    "CheckpointError": "pdfnet_core.weights",
-    "read_state_dict": "pdfnet_core.weights",
-    "save_safetensors": "pdfnet_core.weights",
-    "load_depth_anything": "pdfnet_core.depth_anything_loader",
-    "estimate_depth": "pdfnet_core.depth",
-    "depth_prior": "pdfnet_core.depth",
-    "load_birefnet": "pdfnet_core.birefnet_loader",
-    "BiRefNet": "pdfnet_core.models.birefnet",
-    "load_segrefiner": "pdfnet_core.segrefiner_loader",
-    "refine_with_segrefiner": "pdfnet_core.segrefiner",
-    "refine_mask": "pdfnet_core.refine",
-    "RefineConfig": "pdfnet_core.refine",
-}
+# public name -> (module, attribute in it)
+_EXPORTS: dict[str, tuple[str, str]] = {}
+
+
+def _export(module: str, *names: str, **renamed: str) -> None:
+    for name in names:
+        _EXPORTS[name] = (module, name)
+    for public, attr in renamed.items():
+        _EXPORTS[public] = (module, attr)
+
+
+# models and loading
+_export("pdfnet_core.models.pdfnet", "load_pdfnet", "PDFNet", "PDFNetConfig")
+_export("pdfnet_core.models.depth_anything", "load_depth_anything")
+_export("pdfnet_core.models.birefnet", "load_birefnet", "BiRefNet")
+_export("pdfnet_core.models.segrefiner", "load_segrefiner", "refine_with_segrefiner")
+_export("pdfnet_core.models.segrefiner.refiner", SEGREFINER_MODES="MODES")
+_export("pdfnet_core.weights", "CheckpointError", "read_state_dict", "save_safetensors", "DTYPES", "WEIGHT_SUFFIXES",
+        "as_dtype")
+# families, known files, downloads, the model cache
+_export("pdfnet_core.specs", "FamilySpec", "LoadedModel", "ModelEntry", "Progress", "BeforeRun")
+_export("pdfnet_core.registry", "FAMILIES", "family", "family_of", "as_loaded", "known_files", "lookup", "hf_url")
+_export("pdfnet_core.download", "ensure_model_file", "model_name_problem", "ModelDownloadError")
+_export("pdfnet_core.cache", "default_cache", "CacheKey")
+# running models
+_export("pdfnet_core.pipeline", "segment", "segmenter", "SegmentOptions", RESIZE_MODES="PLACEMENTS")
+_export("pdfnet_core.depth", "estimate_depth", "depth_prior", "normalize_depth")
+# tensor operations
+_export("pdfnet_core.ops.checks", "InputError", "InputTypeError", "check_image", "check_mask", "check_same_size",
+        "batch_pair")
+_export("pdfnet_core.ops.refine", "refine_mask", "RefineConfig", "temporal_smooth", "GUIDES", "TEMPORAL_METHODS")
+_export("pdfnet_core.ops.foreground", "estimate_foreground", "FOREGROUND_METHODS")
+_export("pdfnet_core.ops.composite", "composite_over_color", "composite_over_image", "premultiply", "to_rgba",
+        "FIT_MODES")
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
 def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
+    target = _EXPORTS.get(name)
+    if target is None:
         raise AttributeError(f"module 'pdfnet_core' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    module, attr = target
+    value = getattr(importlib.import_module(module), attr)
     globals()[name] = value
     return value

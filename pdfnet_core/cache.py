@@ -40,17 +40,18 @@ held and must not call back into the cache.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 import threading
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import nn
+
+from .weights import as_dtype
 
 log = logging.getLogger("pdfnet_core")
 
@@ -97,22 +98,6 @@ class CacheKey:
     dtype: str
     device: str
     tag: str = ""
-
-
-_DTYPE_ALIASES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
-                  "float": torch.float32, "half": torch.float16}
-
-
-def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    """A floating torch dtype from a dtype or a name ('fp16', 'float16', 'torch.float16', ...)."""
-    if isinstance(dtype, str):
-        name = dtype.strip().lower().removeprefix("torch.")
-        resolved = _DTYPE_ALIASES.get(name, getattr(torch, name, None))
-    else:
-        resolved = dtype
-    if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
-        raise ValueError(f"unsupported model dtype {dtype!r}; use fp32, fp16 or bf16 (or a floating torch.dtype)")
-    return resolved
 
 
 def _dtype_name(dtype: torch.dtype | str) -> str:
@@ -282,10 +267,7 @@ class ModelCache:
 
         ``loader`` must build the model with that dtype on that device; the cache does not move it.
         """
-        return self.get_or_load_key(make_key(source, dtype, device, tag), loader)
-
-    def get_or_load_key(self, key: CacheKey, loader: Callable[[], nn.Module]) -> nn.Module:
-        """``get_or_load`` for a key built with ``make_key``."""
+        key = make_key(source, dtype, device, tag)
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:
@@ -467,82 +449,3 @@ _DEFAULT_CACHE = ModelCache()
 def default_cache() -> ModelCache:
     """The process-wide cache that the pipeline, the CLI and the ComfyUI nodes share."""
     return _DEFAULT_CACHE
-
-
-# --------------------------------------------------------------------------------------------
-# activation memory estimates
-
-
-@dataclass(frozen=True)
-class _VitShape:
-    embed_dim: int
-    heads: int
-    features: int
-
-
-# From the official configs (reference/dam2/NOTES.md, section 1).
-_DEPTH_ANYTHING_SHAPES: Mapping[str, _VitShape] = {
-    "vits": _VitShape(384, 6, 64),
-    "vitb": _VitShape(768, 12, 128),
-    "vitl": _VitShape(1024, 16, 256),
-}
-
-
-def _pdfnet_elements(h: int, w: int, variant: str | None) -> float:
-    # Measured-ballpark figure: about 1.1 GiB of fp32 activations for one 1024x1024 image, taken to
-    # grow with the pixel count (the attention is computed without materialising its matrix).
-    return 1.1 * GiB / 4 * (h * w) / (1024 * 1024)
-
-
-def _depth_anything_elements(h: int, w: int, variant: str | None) -> float:
-    if variant not in _DEPTH_ANYTHING_SHAPES:
-        raise ValueError(f"Depth-Anything variant {variant!r} unknown; pass one of {', '.join(_DEPTH_ANYTHING_SHAPES)}")
-    s = _DEPTH_ANYTHING_SHAPES[variant]
-    gh, gw = math.ceil(h / 14), math.ceil(w / 14)
-    tokens = gh * gw + 1
-    attention = 2 * s.heads * tokens * tokens          # scores + softmax of one block, if materialised
-    tokens_held = 12 * s.embed_dim * tokens            # 4 tapped outputs, MLP hidden (4D), residuals
-    dpt_fusion = 4 * s.features * (8 * gh) * (8 * gw)  # fusion maps up to 8x the patch grid
-    head = (s.features // 2 + 64) * (14 * gh) * (14 * gw)  # head features interpolated to full size
-    return attention + tokens_held + dpt_fusion + head
-
-
-def _birefnet_elements(h: int, w: int, variant: str | None) -> float:
-    # NOT measured: a deliberately generous guess (its decoder keeps full-resolution multi-channel
-    # maps and the patch-stacked input, so more than PDFNet): 2 GiB of fp32 activations per
-    # 1024x1024 image for Swin-L, 1.5 GiB for Swin-T, growing with the pixel count.
-    gib = 1.5 if variant == "swin_v1_t" else 2.0
-    return gib * GiB / 4 * (h * w) / (1024 * 1024)
-
-
-def _segrefiner_elements(h: int, w: int, variant: str | None) -> float:
-    # NOT measured: the official width-128 UNet at one 256x256 sample is taken to hold about 12
-    # full-resolution 128-channel maps at its peak (skips + the res-block being computed).  ``size``
-    # is the UNet input (256) and ``batch`` the samples per call (HR patches: up to batch_max).
-    return 12 * 128 * h * w
-
-
-_ACTIVATION_FORMULAS: Mapping[str, Callable[[int, int, str | None], float]] = {
-    "pdfnet": _pdfnet_elements,
-    "depth_anything": _depth_anything_elements,
-    "birefnet": _birefnet_elements,
-    "segrefiner": _segrefiner_elements,
-}
-
-
-def activation_bytes_estimate(arch: str, size: int | tuple[int, int], batch: int = 1,
-                              dtype: torch.dtype | str = torch.float32, *, variant: str | None = None) -> int:
-    """A rough estimate of the activation memory one forward pass needs, in bytes.
-
-    An ESTIMATE for ``memory_required`` of a residency hook, not a measurement: good to the right
-    order of magnitude, linear in ``batch`` and in the dtype's element size.  ``size`` is the network
-    input side (square) or (height, width).  ``variant`` is needed where the arch has several sizes
-    (Depth-Anything: 'vits', 'vitb', 'vitl').
-    """
-    formula = _ACTIVATION_FORMULAS.get(arch)
-    if formula is None:
-        raise ValueError(f"no activation estimate for arch {arch!r}; known: {', '.join(_ACTIVATION_FORMULAS)}")
-    h, w = (size, size) if isinstance(size, int) else size
-    if h <= 0 or w <= 0 or batch <= 0:
-        raise ValueError(f"size and batch must be positive, got size={size!r}, batch={batch!r}")
-    return int(math.ceil(formula(h, w, variant) * batch * as_dtype(dtype).itemsize))

@@ -8,17 +8,18 @@ itself, so the network sees the same RGB either way.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from pdfnet_core.images import chunks, group_by_size, imagenet_normalize, to_rgb_list
-from pdfnet_core.models.depth_anything import PATCH_SIZE
+from .models.depth_anything.net import PATCH_SIZE
+from .ops.images import chunks, group_by_size, imagenet_normalize, minmax_per_item, to_rgb_list
+from .registry import as_loaded
+from .specs import BeforeRun, LoadedModel, Progress, parameter_placement
 
 DEFAULT_INPUT_SIZE = 518
 DEFAULT_BATCH_SIZE = 4
-Progress = Callable[[int, int], None]
 
 
 def network_size(height: int, width: int, input_size: int = DEFAULT_INPUT_SIZE) -> tuple[int, int]:
@@ -58,11 +59,6 @@ def postprocess(depth: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(depth[:, None].float(), size=size, mode="bilinear", align_corners=True)[:, 0]
 
 
-def _model_placement(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
-    p = next(model.parameters(), None)
-    return (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.float32)
-
-
 def _check_arguments(input_size: int, batch_size: int) -> None:
     if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < PATCH_SIZE:
         raise ValueError(f"input_size must be an integer >= {PATCH_SIZE}, got {input_size!r}")
@@ -70,15 +66,16 @@ def _check_arguments(input_size: int, batch_size: int) -> None:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
 
 
-def estimate_depth(images: Any, model: torch.nn.Module, input_size: int = DEFAULT_INPUT_SIZE,
+def estimate_depth(images: Any, model: torch.nn.Module | LoadedModel, input_size: int = DEFAULT_INPUT_SIZE,
                    batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None,
-                   name: str = "images") -> list[torch.Tensor]:
+                   name: str = "images", before_run: BeforeRun | None = None) -> list[torch.Tensor]:
     """Relative inverse depth for each image, as a list of [H,W] float32 CPU tensors.
 
     ``images``: anything ``images.to_rgb_list`` accepts (PIL, numpy HxWx3 uint8, torch
     [B,H,W,3] 0..1, or a list of those; gray and RGBA are converted).  Images of one size run
     through ``model`` together, ``batch_size`` at a time, on the model's device and dtype.
-    ``progress(done, total)`` is called after each batch, counting images.
+    ``progress(done, total)`` is called after each batch, counting images; ``before_run(module,
+    bytes_needed)`` before each batch, with the activation memory the family spec estimates for it.
     """
     _check_arguments(input_size, batch_size)
     rgb = to_rgb_list(images, name)
@@ -87,7 +84,8 @@ def estimate_depth(images: Any, model: torch.nn.Module, input_size: int = DEFAUL
         if h < PATCH_SIZE or w < PATCH_SIZE:
             raise ValueError(f"{name}[{i}] is {h}x{w}: depth needs images of at least "
                              f"{PATCH_SIZE}x{PATCH_SIZE} pixels (one patch)")
-    device, dtype = _model_placement(model)
+    net = as_loaded(model, "the depth model")
+    device, dtype = parameter_placement(net.module)
     results: list[torch.Tensor | None] = [None] * len(rgb)
     done = 0
     for (h, w), indices in group_by_size(rgb).items():
@@ -95,8 +93,10 @@ def estimate_depth(images: Any, model: torch.nn.Module, input_size: int = DEFAUL
         for batch in chunks(indices, batch_size):
             # resized one by one: a batch of large float64 sources would cost 24 bytes/pixel
             x = torch.cat([preprocess(rgb[i][None], target) for i in batch])
+            if before_run is not None:
+                before_run(net.module, net.activation_bytes(target, len(batch)))
             with torch.inference_mode():
-                depth = model(x.to(device=device, dtype=dtype))
+                depth = net.module(x.to(device=device, dtype=dtype))
                 depth = postprocess(depth, (h, w)).cpu()
             if not torch.isfinite(depth).all():
                 raise FloatingPointError(
@@ -118,20 +118,17 @@ def normalize_depth(depth: torch.Tensor, quantize: bool = True) -> torch.Tensor:
     way.  (The files were JPEG as well; that lossy step is not reproduced.)  A constant map has
     no depth information and gives zeros rather than NaN.
     """
-    d = depth.float()
-    lo, hi = d.min(), d.max()
-    if not bool(hi > lo):
-        return torch.zeros_like(d)
-    scaled = (d - lo) / (hi - lo) * 255.0
+    scaled = minmax_per_item(depth[None])[0] * 255.0
     if quantize:
         scaled = torch.round(scaled).clamp_(0, 255)
     return scaled / 255.0
 
 
-def depth_prior(images: Any, model: torch.nn.Module, quantize: bool = True,
+def depth_prior(images: Any, model: torch.nn.Module | LoadedModel, quantize: bool = True,
                 input_size: int = DEFAULT_INPUT_SIZE, batch_size: int = DEFAULT_BATCH_SIZE,
-                progress: Progress | None = None, name: str = "images") -> list[torch.Tensor]:
+                progress: Progress | None = None, name: str = "images",
+                before_run: BeforeRun | None = None) -> list[torch.Tensor]:
     """PDFNet's depth input: per-image 0..1 depth (near = 1) at each source size, float32 CPU."""
-    depths = estimate_depth(images, model, input_size, batch_size, progress, name)
+    depths = estimate_depth(images, model, input_size, batch_size, progress, name, before_run)
     return [normalize_depth(d, quantize) for d in depths]
 

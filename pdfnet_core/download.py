@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -44,28 +45,36 @@ class UnsafeModelNameError(ModelDownloadError, ValueError):
     """A model name that could point outside its models folder."""
 
 
-def validate_model_name(name: str) -> str:
-    """Return ``name`` if it is a bare file name that stays inside any folder; raise otherwise.
+def model_name_problem(name: str, subfolders: bool = False) -> str | None:
+    """Why ``name`` cannot name a file inside a models folder, or None if it can.
 
-    Refused: empty names, path separators of any platform, names made only of dots ('.', '..'),
-    absolute paths, drive letters and other colons (Windows drives, NTFS alternate streams), NUL.
+    The one rule for model names: refused are empty names, NUL, absolute paths, drive letters and
+    other colons (Windows drives, NTFS alternate streams), and '.'/'..'/empty path parts.  With
+    ``subfolders`` a name may have folder parts (ComfyUI lists files in sub-folders as ``sub/name.pth``);
+    without, it must be a bare file name (what a download writes).
     """
-    if not isinstance(name, str) or not name:
-        raise UnsafeModelNameError(f"model name must be a non-empty string, got {name!r}", filename=None)
-    problem = None
+    if not isinstance(name, str) or not name.strip():
+        return "is empty"
     if "\x00" in name:
-        problem = "contains a NUL character"
-    elif "/" in name or "\\" in name:
-        problem = "contains a path separator"
-    elif ":" in name:
-        problem = "contains ':' (a drive letter or stream name)"
-    elif set(name) == {"."}:
-        problem = "is a relative directory reference"
-    elif os.path.isabs(name):
-        problem = "is an absolute path"
+        return "contains a NUL character"
+    if os.path.isabs(name) or name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+        return "is an absolute path"
+    if ":" in name:
+        return "contains ':' (a drive letter or stream name)"
+    parts = re.split(r"[\\/]", name)
+    if len(parts) > 1 and not subfolders:
+        return "contains a path separator"
+    if any(not part or set(part) == {"."} for part in parts):
+        return "has '.', '..' or empty path parts"
+    return None
+
+
+def validate_model_name(name: str) -> str:
+    """Return ``name`` if it is a bare file name that stays inside any folder; raise otherwise."""
+    problem = model_name_problem(name)
     if problem:
         raise UnsafeModelNameError(f"refusing model name {name!r}: it {problem}; a model name must be a plain "
-                                   "file name inside its models folder", filename=name)
+                                   "file name inside its models folder", filename=name if isinstance(name, str) else None)
     return name
 
 
@@ -178,10 +187,61 @@ def ensure_model_file(entry_or_name: ModelEntry | str, folder: str | os.PathLike
     return _download(entry, folder, target)
 
 
+# A staging folder is ".<file name>.<pid>.<random>.download"; one whose process is gone (a download
+# killed mid-way: SIGKILL, power loss) is removed by the next download of that file.  One whose pid
+# is alive is another process's download in progress, unless older than this (the pid was reused).
+STAGING_SUFFIX = ".download"
+STALE_STAGING_SECONDS = 24 * 3600
+
+
+def _staging_pid(name: str, filename: str) -> int | None:
+    rest = name[len(f".{filename}."):]
+    head = rest.split(".", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def _process_alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process on Windows: rely on age there
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, owned by someone else
+        return True
+    return True
+
+
+def clean_stale_staging(folder: Path, filename: str) -> list[Path]:
+    """Remove the staging folders of ``filename`` left in ``folder`` by downloads that died; returns them."""
+    import glob
+    import time
+
+    removed = []
+    for path in folder.glob(glob.escape(f".{filename}.") + "*" + STAGING_SUFFIX):
+        try:
+            if path.is_symlink() or not path.is_dir():
+                continue
+            age = time.time() - path.stat().st_mtime
+        except OSError:
+            continue
+        pid = _staging_pid(path.name, filename)
+        if pid == os.getpid() or (pid is not None and _process_alive(pid) and age < STALE_STAGING_SECONDS):
+            continue
+        if pid is None and age < STALE_STAGING_SECONDS:  # an older layout's name: only by age
+            continue
+        log.info("removing %s, left by an interrupted download", path)
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
 def _download(entry: ModelEntry, folder: Path, target: Path) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{entry.filename}.", suffix=".download", dir=folder))
+        clean_stale_staging(folder, entry.filename)
+        staging = Path(tempfile.mkdtemp(prefix=f".{entry.filename}.{os.getpid()}.", suffix=STAGING_SUFFIX,
+                                        dir=folder))
     except OSError as exc:
         raise _error(ModelDownloadError, entry, folder, f"cannot write to {folder} ({exc})") from exc
     url = hf_url(entry)

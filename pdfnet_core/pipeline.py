@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .images import chunks, imagenet_normalize, to_mask_list, to_rgb_list
+from .ops.images import chunks, imagenet_normalize, resize_bilinear, to_mask_list, to_rgb_list
+from .registry import FAMILIES, as_loaded
+from .specs import BeforeRun, LoadedModel, Progress, parameter_placement
 
-Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,12 @@ class SegmentOptions:
     tta_scales: tuple[float, ...] = (0.75, 1.0, 1.25)
     batch_size: int = 1              # images per forward pass
     quantize_depth: bool = True      # computed depth priors are stored 8-bit, as in training
+
+    def network_side(self, multiple: int = 32) -> int:
+        """The largest network side a forward pass runs at (with TTA: its largest scale)."""
+        if not self.tta:
+            return self.size
+        return max(tta_side(self.size, scale, multiple) for scale in self.tta_scales)
 
     def validate(self) -> None:
         if self.size < 32 or self.size % 32:
@@ -55,7 +62,7 @@ class Placement:
 
     def to_network(self, x: torch.Tensor, pad_mode: str) -> torch.Tensor:
         """[B,C,H,W] -> [B,C,S,S]; the border is zero ('constant') or the edge values ('replicate')."""
-        x = _resize_ac(x, (self.h, self.w))
+        x = resize_bilinear(x, (self.h, self.w), align_corners=True)
         pads = (self.left, self.size - self.w - self.left, self.top, self.size - self.h - self.top)
         if not any(pads):
             return x
@@ -83,90 +90,61 @@ def pad_placement(height: int, width: int, size: int) -> Placement:
 PLACEMENTS: dict[str, Callable[[int, int, int], Placement]] = {"squash": squash_placement, "pad": pad_placement}
 
 
-def _resize_ac(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
-
-
 # --------------------------------------------------------------------------------------------
-# segmentation model types
+# segmentation models
 
 
-@dataclass(frozen=True)
-class SegmenterKind:
-    """How segment() drives one family of segmentation models."""
-
-    name: str
-    needs_depth: bool
-    logits: Callable[[nn.Module, torch.Tensor, torch.Tensor | None], torch.Tensor]
-
-
-def _pdfnet_logits(model: nn.Module, image: torch.Tensor, depth: torch.Tensor | None) -> torch.Tensor:
-    return model(image, depth)
-
-
-def _image_only_logits(model: nn.Module, image: torch.Tensor, depth: torch.Tensor | None) -> torch.Tensor:
-    return model(image)
-
-
-# Keyed by class name so that this module needs no import of the model modules.
-SEGMENTERS: dict[str, SegmenterKind] = {
-    "PDFNet": SegmenterKind("PDFNet", needs_depth=True, logits=_pdfnet_logits),
-    "BiRefNet": SegmenterKind("BiRefNet", needs_depth=False, logits=_image_only_logits),
-}
-
-
-def segmenter_kind(model: nn.Module) -> SegmenterKind:
-    for cls in type(model).__mro__:
-        if cls.__name__ in SEGMENTERS:
-            return SEGMENTERS[cls.__name__]
-    raise TypeError(f"segment() does not know how to run a {type(model).__name__}; "
-                    f"expected one of {sorted(SEGMENTERS)} (load it with load_pdfnet or load_birefnet)")
+def segmenter(model: nn.Module | LoadedModel) -> LoadedModel:
+    """``model`` with its family spec, if it is a model ``segment()`` can run; else a TypeError."""
+    loaded = as_loaded(model, "model")
+    if loaded.spec.segment is None:
+        raise TypeError(f"segment() does not run a {loaded.spec.label} model; pass a segmentation model "
+                        f"({', '.join(s.label for s in FAMILIES.values() if s.segment is not None)})")
+    return loaded
 
 
 # --------------------------------------------------------------------------------------------
 # test-time augmentation
 
 
-def tta_logits(model: nn.Module, image: torch.Tensor, depth: torch.Tensor | None, scales: Sequence[float],
-               kind: SegmenterKind | None = None) -> torch.Tensor:
+def tta_side(size: int, scale: float, multiple: int = 32) -> int:
+    """The network side of one TTA scale: ``size * scale`` to the nearest multiple (at least one)."""
+    return max(multiple, int(round(size * scale / multiple)) * multiple)
+
+
+def tta_logits(model: nn.Module | LoadedModel, image: torch.Tensor, depth: torch.Tensor | None,
+               scales: Sequence[float]) -> torch.Tensor:
     """Mean logits over horizontal flip x scales, each pass mapped back to the input size.
 
     As the paper's evaluation (ttach): bilinear align_corners=False for the scale changes.
     """
-    kind = kind or segmenter_kind(model)
+    loaded = segmenter(model)
     size = image.shape[-1]
     total = None
     passes = 0
     for scale in scales:
-        side = max(32, int(round(size * scale / 32)) * 32)
-        img_s = _resize_plain(image, side)
-        dep_s = None if depth is None else _resize_plain(depth, side)
+        side = tta_side(size, scale, loaded.spec.inputs.size_multiple)
+        img_s = resize_bilinear(image, (side, side), align_corners=False)
+        dep_s = None if depth is None else resize_bilinear(depth, (side, side), align_corners=False)
         for flip in (False, True):
             i = img_s.flip(-1) if flip else img_s
             d = dep_s.flip(-1) if flip and dep_s is not None else dep_s
-            out = kind.logits(model, i, d)
+            out = loaded.spec.segment(loaded.module, i, d)
             out = out.flip(-1) if flip else out
-            out = _resize_plain(out, size).float()
+            out = resize_bilinear(out, (size, size), align_corners=False).float()
             total = out if total is None else total + out
             passes += 1
     return total / passes
-
-
-def _resize_plain(x: torch.Tensor, side: int) -> torch.Tensor:
-    if x.shape[-1] == side:
-        return x
-    return F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
 
 
 # --------------------------------------------------------------------------------------------
 # the pipeline
 
 
-def segment(images: Any, depth: Any = None, model: nn.Module | None = None, *,
-            options: SegmentOptions | None = None, depth_model: nn.Module | None = None,
-            progress: Progress | None = None, **overrides) -> list[torch.Tensor]:
+def segment(images: Any, depth: Any = None, model: nn.Module | LoadedModel | None = None, *,
+            options: SegmentOptions | None = None, depth_model: nn.Module | LoadedModel | None = None,
+            progress: Progress | None = None, before_run: BeforeRun | None = None,
+            **overrides) -> list[torch.Tensor]:
     """Foreground alpha in 0..1 ([H, W] float32 on the CPU, one per image, at its source size).
 
     images: PIL image(s), numpy array(s) or a torch [B,H,W,3] / [H,W,3] float tensor (ComfyUI IMAGE).
@@ -178,44 +156,57 @@ def segment(images: Any, depth: Any = None, model: nn.Module | None = None, *,
     depth_model: used when ``depth`` is None; None: the default Depth-Anything-V2 Small from the
             same models folder.
     options / overrides: see SegmentOptions (e.g. ``size=1024, resize="pad", tta=True``).
-    progress(done, total) is called after every batch; raising from it stops the work.
+    progress(done, total) is called after every batch, counting one unit per image per model run
+    (so 2 per image when the depth prior is computed here); raising from it stops the work.
+    before_run(module, bytes_needed) is called before each batch of a model with the activation
+    memory its family spec estimates for that batch.
     """
-    if isinstance(images, nn.Module):  # segment(model, images, depth) call form
+    if isinstance(images, (nn.Module, LoadedModel)):  # segment(model, images, depth) call form
         images, depth, model = depth, model, images
     opts = _options(options, overrides)
     if model is None:
         from .defaults import default_model
 
         model = default_model("pdfnet")
-    kind = segmenter_kind(model)
+    net = segmenter(model)
     rgb = to_rgb_list(images, "images")
-    param = next(model.parameters())
-    device, dtype = param.device, param.dtype
-    if kind.needs_depth and depth is None and depth_model is None:
+    device, dtype = parameter_placement(net.module)
+    computes_depth = net.spec.inputs.needs_depth and depth is None
+    if computes_depth and depth_model is None:
         from .defaults import default_model
 
         depth_model = default_model("depth_anything", device=device)
-    depths = _depth_maps(rgb, depth, depth_model, opts) if kind.needs_depth else None
-    order = list(range(len(rgb)))
-    results: list[torch.Tensor | None] = [None] * len(rgb)
+    total = len(rgb) * (2 if computes_depth else 1)
     done = 0
-    for batch in chunks(order, opts.batch_size):
+
+    def step(count: int) -> None:
+        nonlocal done
+        done += count
+        if progress is not None:
+            progress(done, total)
+
+    depths = None
+    if net.spec.inputs.needs_depth:
+        depths = _depth_maps(rgb, depth, depth_model, opts, step, before_run)
+    memory = net.activation_bytes(opts.network_side(net.spec.inputs.size_multiple), opts.batch_size)
+    results: list[torch.Tensor | None] = [None] * len(rgb)
+    for batch in chunks(list(range(len(rgb))), opts.batch_size):
         places = [PLACEMENTS[opts.resize](*rgb[i].shape[-2:], opts.size) for i in batch]
         # Normalising before the resize is the same affine map; it lets the padded canvas be the
         # mean colour (zero after normalisation).
         x = torch.cat([p.to_network(imagenet_normalize(rgb[i][None]), "constant") for p, i in zip(places, batch)])
         d = None if depths is None else \
             torch.cat([p.to_network(depths[i][None, None], "replicate") for p, i in zip(places, batch)]).to(device)
+        if before_run is not None:
+            before_run(net.module, memory)
         with torch.no_grad():
             x = x.to(device, dtype)
-            logits = tta_logits(model, x, d, opts.tta_scales, kind) if opts.tta else kind.logits(model, x, d)
+            logits = tta_logits(net, x, d, opts.tta_scales) if opts.tta else net.spec.segment(net.module, x, d)
             alpha = logits.float().sigmoid()
         for k, (i, place) in enumerate(zip(batch, places)):
             h, w = rgb[i].shape[-2:]
             results[i] = place.from_network(alpha[k:k + 1], h, w)[0, 0].clamp_(0, 1).cpu()
-        done += len(batch)
-        if progress is not None:
-            progress(done, len(rgb))
+        step(len(batch))
     return results  # type: ignore[return-value]
 
 
@@ -232,12 +223,21 @@ def _options(options: SegmentOptions | None, overrides: dict) -> SegmentOptions:
     return base
 
 
-def _depth_maps(rgb: list[torch.Tensor], depth: Any, depth_model: nn.Module | None,
-                opts: SegmentOptions) -> list[torch.Tensor]:
+def _depth_maps(rgb: list[torch.Tensor], depth: Any, depth_model: nn.Module | LoadedModel | None,
+                opts: SegmentOptions, step: Callable[[int], None], before_run: BeforeRun | None) -> list[torch.Tensor]:
     if depth is None:
         from .depth import depth_prior
 
-        return [d.float() for d in depth_prior(rgb_to_hwc(rgb), depth_model, quantize=opts.quantize_depth)]
+        last = 0
+
+        def advance(done: int, total: int) -> None:
+            nonlocal last
+            step(done - last)
+            last = done
+
+        maps = depth_prior(rgb_to_hwc(rgb), depth_model, quantize=opts.quantize_depth, progress=advance,
+                           before_run=before_run)
+        return [d.float() for d in maps]
     maps = to_mask_list(depth, "depth")
     if len(maps) != len(rgb):
         raise ValueError(f"got {len(rgb)} images but {len(maps)} depth maps; pass one depth map per image")

@@ -13,9 +13,13 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 
 import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from .specs import FamilySpec
 
 log = logging.getLogger("pdfnet_core")
 
@@ -23,8 +27,12 @@ StateDict = dict[str, torch.Tensor]
 Source = "str | os.PathLike | Mapping[str, torch.Tensor]"
 
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
+# DataParallel / DistributedDataParallel and torch.compile wrap every key in one of these.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _TORCH_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 _SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
+# What a models folder may hold as weights: the loaders list only these.
+WEIGHT_SUFFIXES = _TORCH_SUFFIXES + _SAFETENSORS_SUFFIXES
 _MAX_KEYS_IN_MESSAGE = 12
 
 
@@ -39,8 +47,8 @@ class CheckpointError(ValueError):
 def read_state_dict(source) -> StateDict:
     """Return a flat ``name -> tensor`` dict from a file path or an in-memory mapping.
 
-    Unwraps ``{"model": ...}`` / ``{"state_dict": ...}`` containers and strips a ``module.`` prefix
-    shared by every key.  Non-tensor entries next to the weights (epoch counters, optimizer state,
+    Unwraps ``{"model": ...}`` / ``{"state_dict": ...}`` containers and strips a ``module.`` or
+    ``_orig_mod.`` prefix shared by every key.  Non-tensor entries next to the weights (epoch counters, optimizer state,
     metadata) are dropped here, because they are not weights of any model.
     """
     if isinstance(source, Mapping):
@@ -51,7 +59,9 @@ def read_state_dict(source) -> StateDict:
         origin = str(path)
         raw = _read_file(path)
     state = _unwrap(raw, origin)
-    return _strip_common_prefix(state, "module.")
+    for prefix in _WRAPPER_PREFIXES:
+        state = _strip_common_prefix(state, prefix)
+    return state
 
 
 def _read_file(path: Path):
@@ -63,24 +73,22 @@ def _read_file(path: Path):
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(path), device="cpu")
+            mapped = load_file(str(path), device="cpu")
+            # load_file maps the file: copy each tensor into memory the process owns (and drop the
+            # mapped one at once), so a file truncated on disk later cannot raise SIGBUS here.
+            return {key: mapped.pop(key).clone() for key in list(mapped)}
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{path} is not a readable safetensors file ({exc}); "
                                   "the download may be incomplete: delete it and fetch it again") from exc
     if suffix not in _TORCH_SUFFIXES:
         raise CheckpointError(f"{path}: unsupported checkpoint type {suffix!r}; expected one of "
-                              f"{', '.join(_TORCH_SUFFIXES + _SAFETENSORS_SUFFIXES)}")
-    try:
-        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as exc:
-        # mmap fails on legacy (non-zip) files; they can still be read with weights_only.
-        if "mmap" not in str(exc):
-            raise _unreadable(path, exc) from exc
-    except Exception as exc:  # pickle errors, truncated zips, refused globals
-        raise _unreadable(path, exc) from exc
+                              f"{', '.join(WEIGHT_SUFFIXES)}")
+    # No mmap=True: the model adopts these tensors (meta-device assign), so with a live mapping it
+    # would not own its memory, and a checkpoint replaced or truncated on disk while loaded would
+    # kill the process with SIGBUS on the next access.  Read into memory the process owns.
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
+    except Exception as exc:  # pickle errors, truncated zips, refused globals
         raise _unreadable(path, exc) from exc
 
 
@@ -89,6 +97,26 @@ def _unreadable(path: Path, exc: Exception) -> CheckpointError:
         f"{path} could not be read as a weights-only PyTorch checkpoint ({type(exc).__name__}: "
         f"{str(exc).splitlines()[0] if str(exc) else ''}). The file may be truncated or corrupted "
         "(delete it and download it again), or it may contain pickled code, which is never executed here.")
+
+
+def read_safetensors_metadata(source) -> dict[str, str]:
+    """The string metadata of a .safetensors file's header ({} for other sources and files without any).
+
+    Only the header is read.  A conversion records facts there that the tensors cannot carry.
+    """
+    if isinstance(source, Mapping):
+        return {}
+    path = Path(os.fspath(source))
+    if path.suffix.lower() not in _SAFETENSORS_SUFFIXES or not path.is_file():
+        return {}
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({exc}); "
+                              "the download may be incomplete: delete it and fetch it again") from exc
 
 
 def _unwrap(raw, origin: str) -> StateDict:
@@ -117,67 +145,44 @@ def _strip_common_prefix(state: StateDict, prefix: str) -> StateDict:
 
 
 # --------------------------------------------------------------------------------------------
-# recognising architectures
-
-
-@dataclass(frozen=True)
-class Fingerprint:
-    """How to recognise a family of checkpoints from its key names alone."""
-
-    name: str
-    description: str
-    matches: Callable[[Sequence[str]], bool]
-
-
-def _has_prefix(*prefixes: str) -> Callable[[Sequence[str]], bool]:
-    return lambda keys: all(any(k.startswith(p) for k in keys) for p in prefixes)
-
-
-FINGERPRINTS: list[Fingerprint] = [
-    Fingerprint("pdfnet", "a PDFNet checkpoint (Swin-B encoder + FSE decoder)",
-                _has_prefix("encoder.absolute_pos_embed", "decoder.FSE_mix.")),
-    Fingerprint("depth_anything", "a Depth-Anything-V2 checkpoint (official layout)",
-                _has_prefix("pretrained.patch_embed.", "depth_head.")),
-    Fingerprint("depth_anything_hf", "a Depth-Anything-V2 checkpoint (transformers layout)",
-                _has_prefix("backbone.embeddings.", "neck.", "head.")),
-    Fingerprint("birefnet", "a BiRefNet checkpoint (Swin backbone 'bb.' + decoder)",
-                _has_prefix("bb.patch_embed.", "decoder.")),
-    Fingerprint("segrefiner", "a SegRefiner checkpoint (diffusion UNet 'denoise_model.')",
-                _has_prefix("denoise_model.")),
-    Fingerprint("stable_diffusion", "a Stable Diffusion / ComfyUI diffusion checkpoint",
-                _has_prefix("model.diffusion_model.")),
-    Fingerprint("vae", "a VAE checkpoint", _has_prefix("encoder.down.", "decoder.up.")),
-    Fingerprint("clip_text", "a CLIP text encoder", _has_prefix("text_model.")),
-]
-
-
-def identify(keys: Iterable[str]) -> Fingerprint | None:
-    """The first known family whose fingerprint matches these keys, or None."""
-    keys = list(keys)
-    return next((fp for fp in FINGERPRINTS if fp.matches(keys)), None)
+# recognising families
 
 
 def describe(keys: Iterable[str]) -> str:
+    """What a checkpoint looks like, from its key names: a known layout, or its top-level names."""
+    from .registry import identify
+
+    keys = list(keys)
     fp = identify(keys)
     if fp is not None:
         return fp.description
-    keys = sorted(keys)
     roots = sorted({k.split(".")[0] for k in keys})
     return (f"an unknown model ({len(keys)} tensors; top-level names: "
             f"{', '.join(roots[:8])}{', ...' if len(roots) > 8 else ''})")
 
 
-def require_family(state: Mapping[str, torch.Tensor], accepted: Sequence[str], wanted: str) -> str:
-    """Refuse a checkpoint of another architecture before any key-by-key comparison.
+def require_family(state: Mapping[str, torch.Tensor], spec: "FamilySpec") -> str:
+    """Refuse a checkpoint of another family before any key-by-key comparison.
 
-    Returns the matched family name.  ``wanted`` is the human name used in the message.
+    Returns the name of the matched layout (a family may be published in several).
     """
+    from .registry import identify
+
     fp = identify(state.keys())
-    if fp is not None and fp.name in accepted:
+    if fp is not None and fp in spec.fingerprints:
         return fp.name
     raise CheckpointError(
-        f"this is not {wanted}: the file looks like {describe(state.keys())}. "
-        f"Choose {wanted} file in this loader, or use the loader for that model.")
+        f"this is not {spec.wanted}: the file looks like {describe(state.keys())}. "
+        f"Choose {spec.wanted} file in this loader, or use the loader for that model.")
+
+
+def check_constant(state: Mapping[str, torch.Tensor], suffix: str, expected: torch.Tensor, what: str) -> None:
+    """Every stored entry ending in ``suffix`` must equal ``expected`` (a constant the model recomputes)."""
+    for key, value in state.items():
+        if key.endswith(suffix) and (tuple(value.shape) != tuple(expected.shape)
+                                     or not torch.equal(value.to(expected.dtype), expected)):
+            raise CheckpointError(f"the checkpoint entry {key} is not {what}; the file is corrupted or belongs "
+                                  "to another configuration")
 
 
 # --------------------------------------------------------------------------------------------
@@ -291,9 +296,65 @@ def _materialize_constants(model: torch.nn.Module, wanted: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# conversion
+# the loading recipe every family follows
+
+
+def load_family(source, spec: "FamilySpec", build: Callable[[StateDict], nn.Module], *,
+                device: torch.device | str = "cpu", dtype: torch.dtype | str = torch.float32,
+                prepare: Callable[[StateDict, str], StateDict] | None = None,
+                ignore: Sequence[IgnoreRule] | Callable[[nn.Module], Sequence[IgnoreRule]] = (),
+                optional_suffixes: tuple[str, ...] = (),
+                wanted: str | Callable[[nn.Module], str] | None = None, memory_format: torch.memory_format | None = None) -> nn.Module:
+    """Read, check the family, build on the meta device, load with strict accounting, place.
+
+    ``prepare(state, layout)`` renames or checks entries once the family is known (``layout`` is the
+    matched fingerprint's name); ``build(state)`` returns the module for that state (its variant
+    read from the shapes).  ``ignore`` lists the entries dropped on purpose, or builds that list
+    from the module (rules that name each of its modules); ``wanted`` (a phrase, or built from the
+    module) names the model in errors.  Entries whose name ends in
+    ``optional_suffixes`` may be absent (recomputed constants).  The model comes back in eval mode without gradients, on ``device``.
+    """
+    dtype = as_dtype(dtype)
+    state = read_state_dict(source)
+    origin = None if isinstance(source, Mapping) else str(Path(os.fspath(source)))
+    try:
+        layout = require_family(state, spec)
+        if prepare is not None:
+            state = prepare(state, layout)
+        with torch.device("meta"):
+            model = build(state)
+        optional = [k for k in model.state_dict() if optional_suffixes and k.endswith(optional_suffixes)]
+        rules = ignore(model) if callable(ignore) else ignore
+        what = wanted(model) if callable(wanted) else (wanted or spec.wanted)
+        load_checked(model, state, what, ignore=rules, optional=optional)
+    except CheckpointError as exc:
+        # every message about a checkpoint names its file (the checks themselves see only tensors)
+        if origin is None or origin in str(exc):
+            raise
+        raise CheckpointError(f"{origin}: {exc}") from exc
+    model.eval().requires_grad_(False)
+    if memory_format is None:
+        return model.to(device=device, dtype=dtype)
+    return model.to(device=device, dtype=dtype, memory_format=memory_format)
+
+
+# --------------------------------------------------------------------------------------------
+# precisions and conversion
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_DTYPE_ALIASES = {**DTYPES, "float": torch.float32, "half": torch.float16}
+
+
+def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """A floating torch dtype from a dtype or a name ('fp16', 'float16', 'torch.float16', ...)."""
+    if isinstance(dtype, str):
+        name = dtype.strip().lower().removeprefix("torch.")
+        resolved = _DTYPE_ALIASES.get(name, getattr(torch, name, None))
+    else:
+        resolved = dtype
+    if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
+        raise ValueError(f"unsupported model dtype {dtype!r}; use fp32, fp16 or bf16 (or a floating torch.dtype)")
+    return resolved
 
 
 def save_safetensors(state: Mapping[str, torch.Tensor], path, dtype: str = "fp32",

@@ -9,8 +9,10 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+# The pack root (pdfnet_core, nodes) and the shared test helpers in support/ import by name.
+for folder in (ROOT, ROOT / "tests" / "support"):
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
 
 REFERENCE_DIR = Path(os.environ.get("PDFNET_REFERENCE", ROOT.parent / "shared" / "reference"))
 

@@ -1,0 +1,41 @@
+"""The one timing loop of the model benchmarks: wall time per call, resident memory, CUDA peak."""
+from __future__ import annotations
+
+import resource
+import time
+from typing import Callable
+
+
+def rss_gib() -> float:
+    """Resident memory of this process now, in GiB."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * resource.getpagesize() / 2**30
+
+
+def timed_runs(run: Callable[[], object], repeats: int, device: str) -> tuple[list[float], dict]:
+    """Call ``run`` ``repeats`` times without gradients; seconds per call and the memory figures.
+
+    The figures: ``before_gib`` (RSS before the first call), ``peak_gib`` (the process's peak RSS),
+    ``finite`` (the last output has no NaN/inf) and, on CUDA, ``cuda_peak_gib``.
+    """
+    import torch
+
+    before = rss_gib()
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    out = None
+    with torch.no_grad():
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            out = run()
+            if cuda:
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+    out = out[0] if isinstance(out, list) else out
+    figures = {"before_gib": before, "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+               "finite": bool(torch.isfinite(out).all())}
+    if cuda:
+        figures["cuda_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    return times, figures

@@ -1,0 +1,112 @@
+"""Small building blocks shared by the models: norms, gated MLP, resizing with exact taps."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...ops.images import resize_bilinear
+
+
+class RMSNorm(nn.Module):
+    """RMS normalisation over channels; computed in float32 and cast back (as the official code).
+
+    ``channels_first`` normalises dim 1 of [N, C, H, W]; otherwise the last dim.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-6, channels_first: bool = True):
+        super().__init__()
+        self.eps = eps
+        self.channels_first = channels_first
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dim = 1 if self.channels_first else -1
+        xf = x.float()
+        normed = (xf * torch.rsqrt(xf.pow(2).mean(dim=dim, keepdim=True) + self.eps)).type_as(x)
+        weight = self.weight[:, None, None] if self.channels_first else self.weight
+        return weight * normed
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+        self.w3 = nn.Linear(dim, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class ConvRMSSiLU(nn.Sequential):
+    """3x3 conv -> RMSNorm -> SiLU, named ``.0.*`` / ``.1.weight`` like the official ``make_crs``.
+
+    At inference the norm and activation run in place on the conv's fresh output (same arithmetic,
+    one full-size temporary instead of four).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__(nn.Conv2d(in_dim, out_dim, kernel_size=3, padding=1), RMSNorm(out_dim), nn.SiLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm_act(self[0](x))
+
+    def norm_act(self, y: torch.Tensor) -> torch.Tensor:
+        """Norm + SiLU of a conv output that nobody else holds."""
+        norm = self[1]
+        if torch.is_grad_enabled() or y.dtype != torch.float32:
+            return self[2](norm(y))
+        scale = torch.rsqrt(y.pow(2).mean(dim=1, keepdim=True).add_(norm.eps))
+        y.mul_(scale).mul_(norm.weight[:, None, None])
+        return F.silu(y, inplace=True)
+
+
+def conv_rms_silu(in_dim: int, out_dim: int) -> ConvRMSSiLU:
+    return ConvRMSSiLU(in_dim, out_dim)
+
+
+def resize(x: torch.Tensor, size) -> torch.Tensor:
+    """Bilinear resize with align_corners=True, the only resize mode of the PDFNet graph."""
+    return resize_bilinear(x, size, align_corners=True)
+
+
+def resize_like(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return resize(x, like.shape[-2:])
+
+
+def linear_taps(n_in: int, n_out: int, device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Source indices and weights of a 1-D align_corners=True linear resize.
+
+    Reproduces PyTorch's own index arithmetic (float32 ratio, floor, clamp), so resizing a band of
+    rows with these taps gives the rows a full-image ``resize`` would give.
+    Returns (i0, i1, w1): out = x[i0] * (1 - w1) + x[i1] * w1.
+    """
+    dst = torch.arange(n_out, dtype=torch.float32, device=device)
+    if n_out == n_in:
+        idx = dst.long()
+        return idx, idx, torch.zeros_like(dst)
+    ratio = (torch.tensor(float(n_in - 1)) / torch.tensor(float(n_out - 1))).item() if n_out > 1 else 0.0
+    src = dst * torch.tensor(ratio, dtype=torch.float32, device=device)
+    i0 = src.floor().long().clamp_(max=n_in - 1)
+    w1 = (src - i0).clamp_(0, 1)
+    i1 = torch.where(i0 < n_in - 1, i0 + 1, i0)
+    return i0, i1, w1
+
+
+def resize_rows(x: torch.Tensor, n_out: int, rows: slice, width: int, n_in: int | None = None,
+                offset: int = 0) -> torch.Tensor:
+    """Rows ``rows`` of ``resize(source, (n_out, width))``, computed from the source rows they need.
+
+    ``x`` holds source rows ``[offset, offset + x.shape[-2])`` of a source with ``n_in`` rows
+    (default: ``x`` is the whole source).
+    """
+    n_in = x.shape[-2] if n_in is None else n_in
+    i0, i1, w1 = linear_taps(n_in, n_out, x.device)
+    i0, i1, w1 = i0[rows] - offset, i1[rows] - offset, w1[rows].to(x.dtype)
+    if int(i0.min()) < 0 or int(i1.max()) >= x.shape[-2]:
+        raise IndexError("resize_rows: the source rows needed are not all present")
+    lo = int(i0.min())
+    src = x[..., lo:int(i1.max()) + 1, :]
+    band = torch.lerp(src.index_select(-2, i0 - lo), src.index_select(-2, i1 - lo), w1[:, None])
+    return resize(band, (band.shape[-2], width))

@@ -1,0 +1,64 @@
+"""The Depth-Anything-V2 family as the other layers see it."""
+from __future__ import annotations
+
+import math
+
+from ...specs import FamilySpec, Fingerprint, InputContract, ModelEntry
+from .loader import load_depth_anything
+from .net import CONFIGS, PATCH_SIZE, DepthAnythingV2
+
+_SIZE_NAMES = {"vits": "Small", "vitb": "Base", "vitl": "Large"}
+
+
+def _files() -> tuple[ModelEntry, ...]:
+    # Kijai's safetensors are conversions of the official weights, so they carry their licence.
+    entries = []
+    for variant, size_name in _SIZE_NAMES.items():
+        licence = CONFIGS[variant].licence
+        entries.append(ModelEntry(
+            f"depth_anything_v2_{variant}.pth", "depth_anything", variant,
+            f"depth-anything/Depth-Anything-V2-{size_name}", "depthanything", licence,
+            f"Depth-Anything-V2 {size_name} ({variant}), official PyTorch checkpoint"))
+        for precision in ("fp16", "fp32"):
+            entries.append(ModelEntry(
+                f"depth_anything_v2_{variant}_{precision}.safetensors", "depth_anything", variant,
+                "Kijai/DepthAnythingV2-safetensors", "depthanything", licence,
+                f"Depth-Anything-V2 {size_name} ({variant}), {precision} safetensors conversion"))
+    return tuple(entries)
+
+
+def _activation(h: int, w: int, variant: str | None) -> float:
+    if variant not in CONFIGS:
+        raise ValueError(f"Depth-Anything variant {variant!r} unknown; pass one of {', '.join(CONFIGS)}")
+    c = CONFIGS[variant]
+    gh, gw = math.ceil(h / PATCH_SIZE), math.ceil(w / PATCH_SIZE)
+    tokens = gh * gw + 1
+    attention = 2 * c.num_heads * tokens * tokens        # scores + softmax of one block, if materialised
+    tokens_held = 12 * c.embed_dim * tokens              # 4 tapped outputs, MLP hidden (4D), residuals
+    dpt_fusion = 4 * c.features * (8 * gh) * (8 * gw)    # fusion maps up to 8x the patch grid
+    head = (c.features // 2 + 64) * (PATCH_SIZE * gh) * (PATCH_SIZE * gw)  # head features at full size
+    return attention + tokens_held + dpt_fusion + head
+
+
+SPEC = FamilySpec(
+    name="depth_anything",
+    label="Depth-Anything-V2",
+    # the folder name other depth packs already use, so users keep one copy of these weights
+    folder_key="depthanything",
+    module_type=DepthAnythingV2,
+    load=load_depth_anything,
+    fingerprints=(
+        Fingerprint("depth_anything", "a Depth-Anything-V2 checkpoint (official layout)",
+                    ("pretrained.patch_embed.", "depth_head.")),
+        Fingerprint("depth_anything_hf", "a Depth-Anything-V2 checkpoint (transformers layout)",
+                    ("backbone.embeddings.", "neck.", "head.")),
+    ),
+    activation=_activation,
+    inputs=InputContract(size_multiple=PATCH_SIZE),
+    files=_files(),
+    # Small: the only size under a permissive licence (Apache-2.0); see README.
+    default_file="depth_anything_v2_vits.pth",
+    variants=tuple(CONFIGS),
+    variant_of=lambda model: model.config.variant,
+    describe=lambda model: f"Depth-Anything-V2 {model.config.variant}",
+)

@@ -1,0 +1,374 @@
+"""PDFNet: RGB, pseudo-depth and an 8x8 grid of full-resolution patches fused into one mask.
+
+Module names and shapes equal the official inference model's ``state_dict()`` (561 entries), so
+``PDFNet_Best.pth`` loads unchanged.  The computation follows the official ``inference()``;
+where it is wasteful we compute the same numbers differently:
+* cross-modal attention uses ``scaled_dot_product_attention`` instead of materialising the
+  up-to 16384 x 16384 score matrix;
+* the full-resolution tail (the shallow path's 4x bilinear up-sampling before a stride-4 conv, and
+  the last 3x3 convolutions) is streamed over horizontal bands (pdfnet_tail.py), so neither the
+  6-channel 4x image nor any full-resolution 128-channel map exists at once;
+* the patch branch encodes its tiles in chunks.
+Depth is min-max normalised per item (the official code uses one min/max for the whole batch,
+which makes a result depend on its batch mates), and a constant depth map becomes all zeros
+instead of NaN.
+
+Two revisions of the official code compute different functions of the same weights; both differ
+only in the FSE's boundary/integrity step and patch-tile weights (``PDFNetConfig.revision``):
+* ``"v2"``: the current code (f4e218b): a thresholded boundary on even-kernel levels, tiles 1x or 2x;
+* ``"v1"``: the first release (802b477), which saved the published checkpoint: a soft boundary at
+  every level and continuous tile weights.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...ops.images import minmax_per_item
+from ..common.layers import RMSNorm, SwiGLU, conv_rms_silu, resize, resize_like
+from .tail import streamed_tail
+from ..common.swin import SWIN_B_PDFNET, SwinConfig, SwinTransformer
+
+# The FSE selects patch tiles whose boundary is non-empty; "boundary" is a hard threshold of this
+# value on even-kernel levels (official constant).
+_BOUNDARY_THRESHOLD = 0.1
+REVISIONS = ("v1", "v2")
+# The network side must be a multiple of this (the deepest Swin stage is 1/32 of the input).
+SIZE_MULTIPLE = 32
+# 802b477: boundary = 2 * raw; the integrity prior subtracts 5 boundaries, a tile weighs 1 + 5 * mean.
+_V1_BOUNDARY_GAIN = 2.0
+_V1_INTEGRITY_GAIN = 5.0
+_V1_TILE_GAIN = 5.0
+
+
+@dataclass(frozen=True)
+class PDFNetConfig:
+    emb: int = 128
+    swin: SwinConfig = field(default_factory=lambda: SWIN_B_PDFNET)
+    patch_grid: int = 8          # the image is cut into patch_grid x patch_grid tiles
+    pool_ratios: tuple[int, ...] = (1, 1, 2, 2)   # FSE_mix[0..3]
+    train_size: int = 1024       # the resolution the released weights were trained at
+    # Memory/speed knobs only; results do not depend on them.
+    band_rows: int = 64          # full-resolution rows computed at a time in the tail
+    tile_chunk: int = 16         # patch tiles encoded at a time
+    # Which official code revision's FSE formulas to run (see the module docstring); the weights
+    # are the same for both.  load_pdfnet chooses it from the checkpoint.
+    revision: str = "v2"
+
+    def __post_init__(self):
+        if self.revision not in REVISIONS:
+            raise ValueError(f"PDFNet revision must be one of {', '.join(REVISIONS)}, got {self.revision!r}")
+
+
+@dataclass
+class PDFNetOutput:
+    logits: torch.Tensor                    # [B,1,S,S], before sigmoid
+    sides: list[torch.Tensor] | None = None  # side_1 .. side_5 (deep supervision), when asked for
+
+
+# --------------------------------------------------------------------------------------------
+# tiling
+
+
+def split_tiles(x: torch.Tensor, grid: int) -> torch.Tensor:
+    """[B,C,H,W] -> [grid*grid*B, C, H/grid, W/grid], tile (row j, col i) at index (j*grid + i)*B + b."""
+    b, c, h, w = x.shape
+    th, tw = h // grid, w // grid
+    x = x.view(b, c, grid, th, grid, tw)
+    return x.permute(2, 4, 0, 1, 3, 5).reshape(grid * grid * b, c, th, tw)
+
+
+def merge_tiles(x: torch.Tensor, batch: int, grid: int) -> torch.Tensor:
+    """Inverse of split_tiles."""
+    _, c, th, tw = x.shape
+    x = x.view(grid, grid, batch, c, th, tw)
+    return x.permute(2, 3, 0, 4, 1, 5).reshape(batch, c, grid * th, grid * tw)
+
+
+# --------------------------------------------------------------------------------------------
+# decoder parts
+
+
+_SOBEL_X = ((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0))
+
+
+class SobelKernels(nn.Module):
+    """The two fixed Sobel kernels of the official integrity-prior loss.
+
+    Inference never uses them; they exist so that ``state_dict()`` has the official 561 entries
+    and a converted checkpoint round-trips.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.sobel_x = _FixedKernel(_SOBEL_X)
+        self.sobel_y = _FixedKernel(tuple(zip(*_SOBEL_X)))
+
+
+class _FixedKernel(nn.Module):
+    def __init__(self, rows: tuple[tuple[float, ...], ...]):
+        super().__init__()
+        self._rows = rows
+        self.register_buffer("weight", torch.tensor(rows).view(1, 1, 3, 3))
+
+    def init_constants(self) -> None:
+        self.weight = torch.tensor(self._rows, device="cpu").view(1, 1, 3, 3)
+
+
+class CrossAttention(nn.Module):
+    """Single-head attention with the parameter layout of ``nn.MultiheadAttention(bias=False)``."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.in_proj_weight = nn.Parameter(torch.zeros(3 * dim, dim))
+        self.out_proj = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        wq, wk, wv = self.in_proj_weight.chunk(3)
+        out = F.scaled_dot_product_attention(
+            F.linear(q, wq)[:, None], F.linear(kv, wk)[:, None], F.linear(kv, wv)[:, None])
+        return self.out_proj(out[:, 0])
+
+
+class CoA(nn.Module):
+    """Cross-attention block: q + Norm1(Att(q, kv)), then + Norm2(SwiGLU(.))."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.Att = CrossAttention(dim)
+        self.Norm1 = RMSNorm(dim, channels_first=False)
+        self.FFN = SwiGLU(dim, dim)
+        self.Norm2 = RMSNorm(dim, channels_first=False)
+
+    def forward(self, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        x = q + self.Norm1(self.Att(q, kv))
+        return x + self.Norm2(self.FFN(x))
+
+
+def boundary_raw(pred_sigmoid: torch.Tensor) -> torch.Tensor:
+    """|t - avgpool(t)| with t = sigmoid(pred_sigmoid) (the official double sigmoid), zero-padded pool."""
+    h, w = pred_sigmoid.shape[-2:]
+    kh, kw = h // 8, w // 8
+    kernel = (kh + 1, kw + 1) if kh % 2 == 0 else (kh, kw)
+    t = pred_sigmoid.sigmoid()
+    return (t - F.avg_pool2d(t, kernel_size=kernel, stride=1, padding=(kh // 2, kw // 2))).abs()
+
+
+def boundary_and_integrity(pred: torch.Tensor, revision: str = "v2") -> tuple[torch.Tensor, torch.Tensor]:
+    """BIS: (boundary map, integrity prior) of a side logit map.
+
+    v2: a hard boundary (threshold) on even-kernel levels, a soft one otherwise; v1: soft everywhere,
+    so its output has no threshold for float noise to flip.
+    """
+    s = pred.sigmoid()
+    raw = boundary_raw(s)
+    if revision == "v1":
+        boundary = _V1_BOUNDARY_GAIN * raw
+        return boundary, F.relu(s - _V1_INTEGRITY_GAIN * boundary)
+    boundary = (raw > _BOUNDARY_THRESHOLD).to(s.dtype) if (pred.shape[-2] // 8) % 2 == 0 else raw
+    return boundary, F.relu(s - boundary)
+
+
+def tile_weights(boundary: torch.Tensor, grid: int, revision: str = "v2") -> torch.Tensor:
+    """[B,1,grid,grid] weight of each patch tile from the mean boundary over it.
+
+    v2 doubles any tile with boundary; v1 weighs tiles continuously by how much boundary they hold.
+    """
+    hb, wb = boundary.shape[-2:]
+    th, tw = hb // grid, wb // grid
+    b = boundary.shape[0]
+    score = boundary[..., :grid * th, :grid * tw].reshape(b, 1, grid, th, grid, tw).mean(dim=(3, 5))
+    if revision == "v1":
+        return 1 + _V1_TILE_GAIN * score
+    return 1 + (score > 0).to(boundary.dtype)
+
+
+def _tokens(x: torch.Tensor) -> torch.Tensor:
+    return x.flatten(2).transpose(1, 2)
+
+
+def _map(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)
+
+
+class FSE(nn.Module):
+    """Fuses image, depth and patch features at one level, guided by the previous prediction."""
+
+    def __init__(self, in_dim: int, emb: int, pool_ratio: int, grid: int, revision: str = "v2"):
+        super().__init__()
+        self.pool_ratio = pool_ratio
+        self.grid = grid
+        self.revision = revision
+        self.I_channelswich = conv_rms_silu(in_dim, emb)
+        self.P_channelswich = conv_rms_silu(in_dim, emb)
+        self.D_channelswich = conv_rms_silu(in_dim, emb)
+        self.IP = CoA(emb)
+        self.PI = CoA(emb)
+        self.ID = CoA(emb)
+        self.DI = CoA(emb)
+
+    def select_tiles(self, patch: torch.Tensor, boundary: torch.Tensor) -> torch.Tensor:
+        """Weigh the patch tiles by the boundary they hold (tile_weights)."""
+        g = self.grid
+        b, c, hp, wp = patch.shape
+        factor = tile_weights(boundary, g, self.revision).to(patch.dtype)  # [B,1,g,g]
+        tiles = patch.view(b, c, g, hp // g, g, wp // g)
+        return (tiles * factor[:, :, :, None, :, None]).view(b, c, hp, wp)
+
+    def forward(self, img, depth, patch, last_pred):
+        boundary, integrity = boundary_and_integrity(last_pred, self.revision)
+        s = last_pred.sigmoid()
+        img = img * resize_like(s, img)
+        depth = depth * resize_like(s, depth)
+        patch = patch * resize_like(s, patch)
+        p = self.pool_ratio
+        hi, wi = img.shape[-2:]
+        hd, wd = depth.shape[-2:]
+        hp, wp = patch.shape[-2:]
+
+        img_cs = self.I_channelswich(img)
+        pool_img = _tokens(F.adaptive_avg_pool2d(img_cs, (hi // p, wi // p)))
+
+        enhanced = depth * (resize_like(last_pred, depth).sigmoid() + resize_like(integrity, depth))
+        depth_cs = self.D_channelswich(enhanced)
+        pool_depth = _tokens(F.adaptive_avg_pool2d(depth_cs, (hd // p, wd // p)))
+
+        patch_cs = self.P_channelswich(self.select_tiles(patch, boundary))
+        pool_patch = _tokens(F.adaptive_avg_pool2d(patch_cs, (hp // p, wp // p)))
+
+        patch_f = self.PI(pool_patch, torch.cat([pool_img, pool_depth], dim=1))
+        img_f = self.IP(_tokens(img_cs), patch_f)
+        depth_f = self.DI(pool_depth, torch.cat([pool_img, pool_patch], dim=1))
+        img_f = self.ID(img_f, depth_f)
+
+        img_out = _map(img_f, hi, wi) + img_cs
+        depth_out = resize(_map(depth_f, hd // p, wd // p), (hd, wd)) + depth_cs
+        patch_out = resize(_map(patch_f, hp // p, wp // p), (hp, wp)) + patch_cs
+        return img_out, depth_out, patch_out
+
+
+class PDFDecoder(nn.Module):
+    def __init__(self, config: PDFNetConfig):
+        super().__init__()
+        emb = config.emb
+        self.band_rows = config.band_rows
+        self.FSE_mix = nn.ModuleList(FSE(2 * emb, emb, p, config.patch_grid, config.revision)
+                                     for p in config.pool_ratios)
+        self.shallow = nn.Sequential(nn.Conv2d(6, emb, kernel_size=4, stride=4), conv_rms_silu(emb, emb))
+        self.upsample1 = nn.Sequential(conv_rms_silu(emb, emb))
+        self.upsample2 = nn.Sequential(conv_rms_silu(emb, emb))
+        self.channel_mix = nn.ModuleList(conv_rms_silu(3 * emb, emb) for _ in range(4))
+        self.Bside = nn.ModuleList(nn.Conv2d(emb, 1, 3, padding=1) for _ in range(6))
+
+    def forward(self, img, depth3, img_f, depth_f, patch_f, with_sides: bool = False):
+        # Features per source: [L1, L2, L3, L4, glob]; FSE_mix[k] works at level l = 3 - k.
+        side = self.Bside[5](resize_like(img_f[4], patch_f[4]) + resize_like(depth_f[4], patch_f[4]) + patch_f[4])
+        sides = [side]
+        prev = (img_f[4], depth_f[4], patch_f[4])
+        for k, fse in enumerate(self.FSE_mix):
+            level = 3 - k
+            i, d, p = fse(torch.cat([resize_like(prev[0], img_f[level]), img_f[level]], dim=1),
+                          torch.cat([resize_like(prev[1], depth_f[level]), depth_f[level]], dim=1),
+                          torch.cat([resize_like(prev[2], patch_f[level]), patch_f[level]], dim=1),
+                          side)
+            mix = self.channel_mix[level](torch.cat([resize_like(i, p), resize_like(d, p), p], dim=1))
+            side = self.Bside[level + 1](mix)
+            sides.append(side)
+            prev = (i, d, p)
+        del prev, i, d, p
+        for features in (img_f, depth_f, patch_f):
+            features.clear()  # the caller's per-call lists: free them before the full-resolution tail
+        final = streamed_tail(self.shallow, self.upsample1[0], self.upsample2[0], self.Bside[0],
+                              torch.cat([img, depth3], dim=1), mix, self.band_rows)
+        return final, (sides[::-1] if with_sides else None)
+
+
+# --------------------------------------------------------------------------------------------
+# the model
+
+
+class PDFNet(nn.Module):
+    """``model(image, depth)`` -> final logits [B,1,S,S] (sigmoid gives the foreground alpha)."""
+
+    def __init__(self, config: PDFNetConfig | None = None):
+        super().__init__()
+        self.config = config = config or PDFNetConfig()
+        emb = config.emb
+        chans = config.swin.stage_channels
+        self.encoder = SwinTransformer(config.swin)
+        self.channel_mix1 = conv_rms_silu(chans[0], emb)
+        self.channel_mix2 = conv_rms_silu(chans[1], emb)
+        self.channel_mix3 = conv_rms_silu(chans[2], emb)
+        self.channel_mix4 = conv_rms_silu(chans[3], emb)
+        self.channel_mix = conv_rms_silu(4 * emb, emb)
+        self.Glob = nn.Sequential(conv_rms_silu(emb, emb))
+        self.decoder = PDFDecoder(config)
+        self.IntegrityPriorLoss = SobelKernels()
+
+    @property
+    def size_multiple(self) -> int:
+        return SIZE_MULTIPLE
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Backbone + channel mixing: [L1, L2, L3, L4, glob], all ``emb`` channels."""
+        stages = self.encoder(x)
+        mixers = (self.channel_mix1, self.channel_mix2, self.channel_mix3, self.channel_mix4)
+        levels = [mix(s) for mix, s in zip(mixers, stages)]
+        l4 = levels[3]
+        glob = self.Glob(self.channel_mix(torch.cat([resize_like(l, l4) for l in levels[:3]] + [l4], dim=1)))
+        return levels + [glob]
+
+    def encode_patches(self, image: torch.Tensor) -> list[torch.Tensor]:
+        """Encode the patch_grid^2 full-resolution tiles and reassemble each level into one map."""
+        grid = self.config.patch_grid
+        tiles = split_tiles(image, grid)
+        step = max(1, self.config.tile_chunk) * image.shape[0]
+        parts = [self.encode(tiles[i:i + step]) for i in range(0, tiles.shape[0], step)]
+        return [merge_tiles(torch.cat(level, dim=0), image.shape[0], grid) for level in zip(*parts)]
+
+    def global_batch(self, image: torch.Tensor, depth3: torch.Tensor) -> torch.Tensor:
+        """Half-resolution image and depth stacked along the batch (they share the encoder)."""
+        half = (image.shape[-2] // 2, image.shape[-1] // 2)
+        return torch.cat([resize(image, half), resize(depth3, half)], dim=0)
+
+    def forward(self, image: torch.Tensor, depth: torch.Tensor, with_sides: bool = False):
+        check_inputs(image, depth, self.size_multiple)
+        dtype = next(self.parameters()).dtype
+        b = image.shape[0]
+        depth3 = minmax_per_item(depth).to(dtype).expand(-1, 3, -1, -1) if depth.shape[1] == 1 \
+            else minmax_per_item(depth).to(dtype)
+        image = image.to(dtype)
+        glob = self.encode(self.global_batch(image, depth3))
+        img_f = [g[:b] for g in glob]
+        depth_f = [g[b:] for g in glob]
+        del glob
+        patch_f = self.encode_patches(image)
+        final, sides = self.decoder(image, depth3, img_f, depth_f, patch_f, with_sides)
+        if with_sides:
+            return PDFNetOutput(final, sides)
+        return final
+
+
+def check_inputs(image: torch.Tensor, depth: torch.Tensor, multiple: int) -> None:
+    """Clear errors for the mistakes that otherwise surface deep inside torch."""
+    if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[1] != 3:
+        raise ValueError(f"image must be a [B,3,S,S] tensor (ImageNet-normalised RGB), got "
+                         f"{list(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__}")
+    if not isinstance(depth, torch.Tensor) or depth.ndim != 4 or depth.shape[1] not in (1, 3):
+        raise ValueError(f"depth must be a [B,1,S,S] tensor, got "
+                         f"{list(depth.shape) if isinstance(depth, torch.Tensor) else type(depth).__name__}")
+    h, w = image.shape[-2:]
+    if h != w or h % multiple or h == 0:
+        raise ValueError(f"PDFNet needs a square input whose side is a multiple of {multiple} "
+                         f"(trained at 1024); got image {h}x{w}. pdfnet_core.segment() resizes any image.")
+    if depth.shape[0] != image.shape[0]:
+        raise ValueError(f"image and depth have different batch sizes ({image.shape[0]} vs {depth.shape[0]})")
+    if depth.shape[-2:] != image.shape[-2:]:
+        raise ValueError(f"depth is {depth.shape[-2]}x{depth.shape[-1]} but image is {h}x{w}; resize depth to the image size")
+    if not torch.isfinite(image).all():
+        raise ValueError("image contains NaN or inf values")
+    if not torch.isfinite(depth).all():
+        raise ValueError("depth contains NaN or inf values")

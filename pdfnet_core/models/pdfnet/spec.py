@@ -1,0 +1,54 @@
+"""The PDFNet family as the other layers see it."""
+from __future__ import annotations
+
+from ...specs import FamilySpec, Fingerprint, InputContract, LoaderOption, ModelEntry
+from .loader import load_pdfnet
+from .net import REVISIONS, SIZE_MULTIPLE, PDFNet
+
+GiB = 1 << 30
+# Code repository Tennine2077/PDFNet is MIT; the weights have no separate licence we have verified.
+_LICENCE = "MIT (code repository Tennine2077/PDFNet; check the model card for the weights)"
+
+# Code revisions (net.REVISIONS).  PDFNet_Best.pth: its 42 depth_decoder.* entries have the first
+# revision's (802b477) shapes, which no later code can have saved (shared/reference/pdfnet/v1).
+# PDF-Generally.pth was not inspected; v1 from indirect evidence: the author was still training it
+# on 2025-03-25 (README) while models/ stayed v1 until 2025-10-05, and it is listed at the same
+# 392 MiB as PDFNet_Best.pth, the size of the 603-entry v1 layout (561 entries alone: 377 MiB; the
+# current depth head: 403 MiB).  A file that still has those entries is decided by them instead.
+FILES = (
+    ModelEntry("PDFNet_Best.pth", "pdfnet", None, "Tennineee/PDFNet", "pdfnet", _LICENCE,
+               "PDFNet (Swin-B) trained on DIS5K DIS-TR: the paper's dichotomous segmentation model",
+               pdfnet_revision="v1"),
+    ModelEntry("PDF-Generally.pth", "pdfnet", None, "Tennineee/PDFNet-General", "pdfnet", _LICENCE,
+               "PDFNet (Swin-B) trained on DIS5K plus high-resolution salient object sets: general use",
+               pdfnet_revision="v1"),
+)
+
+for _entry in FILES:
+    if _entry.pdfnet_revision not in (None, *REVISIONS):
+        raise ValueError(f"registry entry {_entry.filename!r}: unknown PDFNet revision {_entry.pdfnet_revision!r}")
+
+
+def _activation(h: int, w: int, variant: str | None) -> float:
+    # About 1.1 GiB of fp32 activations for one 1024x1024 image, growing with the pixel count (the
+    # attention runs without materialising its matrix, the tail is streamed).
+    return 1.1 * GiB / 4 * (h * w) / (1024 * 1024)
+
+
+SPEC = FamilySpec(
+    name="pdfnet",
+    label="PDFNet",
+    folder_key="pdfnet",
+    module_type=PDFNet,
+    load=load_pdfnet,
+    fingerprints=(Fingerprint("pdfnet", "a PDFNet checkpoint (Swin-B encoder + FSE decoder)",
+                              ("encoder.absolute_pos_embed", "decoder.FSE_mix.")),),
+    activation=_activation,
+    inputs=InputContract(size_multiple=SIZE_MULTIPLE, needs_depth=True),
+    files=FILES,
+    default_file="PDFNet_Best.pth",
+    # "auto" is resolved by the loader from the file's own evidence, which is part of the file's
+    # identity in the cache key, so the choice is passed through as it is.
+    options=(LoaderOption("revision", ("auto", *REVISIONS), "auto", lambda choice, filename: choice),),
+    segment=lambda model, image, depth: model(image, depth),
+)

@@ -1,0 +1,113 @@
+"""PDFNet's full-resolution tail, streamed over horizontal bands.
+
+The official decoder ends with (S = input side, C = 128):
+    shallow = crs(conv4x4s4(resize(cat[image, depth], 4S)))          [B,C,S,S]
+    f       = upsample1(resize(mix_L1, S/2) + resize(shallow, S/2))   [B,C,S/2,S/2]
+    final   = Bside0(upsample2(resize(f, S) + shallow))               [B,1,S,S]
+Done in one piece that is a 6 x 4S x 4S image (400 MB at 1024) and several full-resolution C-channel
+maps (512 MB each).  Every step is local along the rows (bilinear taps, 3x3 convolutions), so the
+same numbers can be produced band by band, keeping only a sliding window of ``shallow`` rows and the
+two half-resolution maps.  Rows are consumed as soon as everything they feed is computed.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..common.layers import ConvRMSSiLU, linear_taps, resize, resize_rows
+
+
+def conv_rows(conv: nn.Conv2d, x: torch.Tensor, pad_top: int, pad_bottom: int) -> torch.Tensor:
+    """A 3x3 'same' conv on a band: halo rows come from ``x``, zero rows only at the image edge."""
+    x = F.pad(x, (0, 0, pad_top, pad_bottom))
+    return F.conv2d(x, conv.weight, conv.bias, padding=(0, conv.padding[1]))
+
+
+def crs_rows(block: ConvRMSSiLU, x: torch.Tensor, pad_top: int, pad_bottom: int) -> torch.Tensor:
+    return block.norm_act(conv_rows(block[0], x, pad_top, pad_bottom))
+
+
+class _Rows:
+    """A window of consecutive rows [lo, hi) of a [B,C,H,W] map that is produced top to bottom."""
+
+    def __init__(self):
+        self.data: torch.Tensor | None = None
+        self.lo = 0
+
+    @property
+    def hi(self) -> int:
+        return self.lo + (0 if self.data is None else self.data.shape[-2])
+
+    def append(self, rows: torch.Tensor) -> None:
+        self.data = rows if self.data is None else torch.cat([self.data, rows], dim=-2)
+
+    def rows(self, a: int, z: int) -> torch.Tensor:
+        return self.data[..., a - self.lo:z - self.lo, :]
+
+    def drop_before(self, row: int) -> None:
+        if self.data is not None and row > self.lo:
+            cut = min(row, self.hi) - self.lo
+            self.data = self.data[..., cut:, :].clone() if cut < self.data.shape[-2] else None
+            self.lo += cut
+
+
+def _last_ready(taps_hi: torch.Tensor, available: int, total_available: int) -> int:
+    """Number of leading output rows whose highest source row is below ``available``."""
+    if available >= total_available:
+        return taps_hi.numel()
+    return int(torch.searchsorted(taps_hi, torch.tensor(available, device=taps_hi.device), right=False))
+
+
+def streamed_tail(shallow: nn.Sequential, upsample1: ConvRMSSiLU, upsample2: ConvRMSSiLU, head: nn.Conv2d,
+                  x6: torch.Tensor, mix: torch.Tensor, band_rows: int) -> torch.Tensor:
+    """final logits [B,1,S,S] from the raw 6-channel input x6 [B,6,S,S] and mix_L1 [B,C,S/4,S/4]."""
+    b, _, s, w = x6.shape
+    conv4, crs = shallow[0], shallow[1]
+    h2, w2 = mix.shape[-2] * 2, mix.shape[-1] * 2
+    mix_half = resize(mix, (h2, w2))  # a new tensor (h2 = 2 x mix height), updated in place below
+    _, half_hi, _ = linear_taps(s, h2, x6.device)      # shallow row feeding half-res row k (upper tap)
+    half_lo, _, _ = linear_taps(s, h2, x6.device)
+    _, full_hi, _ = linear_taps(h2, s, x6.device)      # f row feeding full-res row j (upper tap)
+
+    sh = _Rows()                                       # window of shallow rows
+    g = mix_half                                       # becomes resize(mix) + resize(shallow), row by row
+    f = torch.empty_like(mix_half)
+    out = x6.new_empty(b, 1, s, w, dtype=mix.dtype)
+    g_done = f_done = out_done = 0
+    step = max(1, band_rows)
+    for a in range(0, s, step):
+        z = min(s, a + step)
+        # shallow rows [a, z): the 3x3 conv needs stride-4 rows a-1 .. z (zero outside the image)
+        ca, cz = max(a - 1, 0), min(z + 1, s)
+        up = resize_rows(x6, 4 * s, slice(4 * ca, 4 * cz), 4 * w)
+        sh.append(crs_rows(crs, conv4(up), ca - (a - 1), (z + 1) - cz))
+        del up
+
+        # half-resolution fuse rows whose shallow taps are all computed
+        g_end = _last_ready(half_hi, z, s)
+        if g_end > g_done:
+            g[..., g_done:g_end, :] += resize_rows(sh.data, h2, slice(g_done, g_end), w2, n_in=s, offset=sh.lo)
+            g_done = g_end
+        # upsample1 rows whose 3x3 neighbourhood in g is complete
+        f_end = h2 if g_done == h2 else max(g_done - 1, 0)
+        if f_end > f_done:
+            ga, gz = max(f_done - 1, 0), min(f_end + 1, h2)
+            f[..., f_done:f_end, :] = crs_rows(upsample1, g[..., ga:gz, :], ga - (f_done - 1), (f_end + 1) - gz)
+            f_done = f_end
+        # final rows r need shallow rows up to r+2 and f rows feeding full-res rows up to r+2
+        f_ready = _last_ready(full_hi, f_done, h2)   # full-res rows whose f taps are computed
+        out_end = min(s if z == s else z - 2, s if f_ready == s else f_ready - 2)
+        if out_end > out_done:
+            r0, r1 = out_done, out_end
+            ua, uz = max(r0 - 1, 0), min(r1 + 1, s)     # upsample2 rows needed by the head
+            xa, xz = max(ua - 1, 0), min(uz + 1, s)     # its input rows
+            x = resize_rows(f, s, slice(xa, xz), w) + sh.rows(xa, xz)
+            u = crs_rows(upsample2, x, xa - (ua - 1), (uz + 1) - xz)
+            out[..., r0:r1, :] = conv_rows(head, u, ua - (r0 - 1), (r1 + 1) - uz)
+            out_done = out_end
+        # shallow rows still needed: by the next half-res rows and by the next final rows
+        keep_from = min(int(half_lo[g_done]) if g_done < h2 else s, max(out_done - 2, 0))
+        sh.drop_before(keep_from)
+    assert out_done == s and g_done == h2 and f_done == h2
+    return out

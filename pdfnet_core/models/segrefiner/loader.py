@@ -1,0 +1,49 @@
+"""``load_segrefiner``: the official SegRefiner checkpoints (``segrefiner_lr_latest.pth``,
+``segrefiner_hr_latest.pth``) as they are, or their safetensors conversion."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import torch
+
+from .unet import SegRefinerUNetConfig
+from .refiner import SegRefiner
+from ...weights import CheckpointError, IgnoreRule, load_family
+
+log = logging.getLogger("pdfnet_core")
+
+_WIDTH_KEY = "denoise_model.input_blocks.0.0.weight"
+
+IGNORED = (
+    # The fixed Sobel kernels of the training-only TextureL1Loss are nn.Conv2d parameters, so mmcv
+    # saved them with the weights.  Inference never uses them.  Exactly these two names are accepted.
+    IgnoreRule("Sobel kernels of the training-only TextureL1Loss",
+               names=frozenset({"loss_texture.sobel.conv_x.weight", "loss_texture.sobel.conv_y.weight"})),
+)
+
+
+def config_from_state(state) -> SegRefinerUNetConfig:
+    """The UNet width is read from the file (official: 128; the narrow test variant: 32)."""
+    first = state.get(_WIDTH_KEY)
+    if first is None or first.ndim != 4:
+        raise CheckpointError(f"the checkpoint has no usable {_WIDTH_KEY}; it is not a complete SegRefiner file")
+    width = int(first.shape[0])
+    groups = SegRefinerUNetConfig.groups
+    if width < groups or width % groups:
+        raise CheckpointError(f"the checkpoint's UNet width {width} is not a multiple of {groups} "
+                              "(GroupNorm groups); the file is not a SegRefiner UNet")
+    return dataclasses.replace(SegRefinerUNetConfig(), model_channels=width)
+
+
+def load_segrefiner(source, device="cpu", dtype: torch.dtype = torch.float32) -> SegRefiner:
+    """Build SegRefiner and load ``source`` (a .pth/.safetensors path or a state dict) strictly.
+
+    The mmcv wrapper ``{'meta', 'state_dict', 'optimizer'}`` is unwrapped and the optimizer state
+    dropped (``read_state_dict``); the two training-loss Sobel kernels are ignored (logged);
+    anything else missing, unexpected or mis-shaped raises CheckpointError naming the keys.
+    """
+    from .spec import SPEC
+
+    return load_family(source, SPEC, lambda state: SegRefiner(config_from_state(state)), device=device, dtype=dtype,
+                       ignore=IGNORED)

@@ -1,0 +1,1 @@
+"""Pure tensor operations on images and masks: checks, image conversion, refinement, foreground, compositing."""

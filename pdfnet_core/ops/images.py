@@ -1,0 +1,173 @@
+"""Turning the image types users hand us into float tensors, and back.
+
+Accepted inputs everywhere in pdfnet_core:
+* a PIL image (any mode PIL can convert to RGB; 16-bit and float modes are rescaled),
+* a numpy array HxW, HxWx1, HxWx3 or HxWx4 (uint8, uint16, bool or float in 0..1),
+* a torch tensor [H,W,C] or [B,H,W,C] float 0..1 (ComfyUI's IMAGE layout),
+* a list of any of these (sizes may differ).
+
+Every image becomes a [3,H,W] float32 tensor in 0..1 on the CPU; alpha is dropped (a cut-out is
+computed from the colour), gray is repeated to three channels.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def to_rgb_list(images: Any, name: str = "images") -> list[torch.Tensor]:
+    """Normalise any accepted input to a list of [3,H,W] float32 tensors in 0..1."""
+    if isinstance(images, torch.Tensor) and images.ndim == 4:
+        return [_tensor_to_chw(im, f"{name}[{i}]") for i, im in enumerate(images)]
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise ValueError(f"{name} is empty: pass at least one image")
+        out: list[torch.Tensor] = []
+        for i, im in enumerate(images):
+            out.extend(to_rgb_list(im, f"{name}[{i}]"))
+        return out
+    return [_one_to_chw(images, name)]
+
+
+def _one_to_chw(image: Any, name: str) -> torch.Tensor:
+    if isinstance(image, torch.Tensor):
+        if image.ndim != 3:
+            raise ValueError(f"{name}: expected a [H,W,C] or [B,H,W,C] tensor, got shape {list(image.shape)}")
+        return _tensor_to_chw(image, name)
+    if isinstance(image, np.ndarray):
+        return _array_to_chw(image, name)
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - pillow is a dependency
+        Image = None
+    if Image is not None and isinstance(image, Image.Image):
+        return _array_to_chw(pil_to_array(image), name)
+    raise TypeError(f"{name}: unsupported image type {type(image).__name__}; "
+                    "pass a PIL image, a numpy array or a torch tensor")
+
+
+def pil_to_array(image) -> np.ndarray:
+    """A PIL image as HxWx3 (or HxWx4) array, keeping 16-bit and float precision."""
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0
+        return np.clip(arr / peak, 0, 1).astype(np.float32)
+    if mode == "F":
+        return np.clip(np.asarray(image, dtype=np.float32), 0, 1)
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
+        return np.asarray(image.convert("RGBA"))
+    return np.asarray(image.convert("RGB"))
+
+
+def _array_to_chw(arr: np.ndarray, name: str) -> torch.Tensor:
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+        raise ValueError(f"{name}: expected an HxW, HxWx1, HxWx3 or HxWx4 array, got shape {arr.shape}")
+    if not arr.flags.writeable:  # PIL-backed arrays are read-only; torch wants to own writable memory
+        arr = arr.copy()
+    if arr.dtype == np.uint8:
+        t = torch.from_numpy(np.ascontiguousarray(arr)).float() / 255.0
+    elif arr.dtype == np.uint16:
+        t = torch.from_numpy(arr.astype(np.float32)) / 65535.0
+    elif arr.dtype == np.bool_:
+        t = torch.from_numpy(arr.astype(np.float32))
+    elif np.issubdtype(arr.dtype, np.floating):
+        t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    else:
+        raise ValueError(f"{name}: unsupported array dtype {arr.dtype}; use uint8, uint16 or float 0..1")
+    return _tensor_to_chw(t, name)
+
+
+def _tensor_to_chw(t: torch.Tensor, name: str) -> torch.Tensor:
+    if t.ndim != 3 or t.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"{name}: expected channels-last [H,W,C] with C in 1, 3 or 4, got {list(t.shape)}")
+    t = t.detach().to("cpu", torch.float32)
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} contains NaN or inf values")
+    h, w = t.shape[:2]
+    if h < 1 or w < 1:
+        raise ValueError(f"{name} is empty ({h}x{w})")
+    c = t.shape[-1]
+    if c == 1:
+        t = t.expand(h, w, 3)
+    elif c == 4:
+        t = t[..., :3]
+    return t.permute(2, 0, 1).contiguous().clamp_(0, 1)
+
+
+def to_mask_list(masks: Any, name: str = "depth") -> list[torch.Tensor]:
+    """Single-channel maps (depth, masks) as a list of [H,W] float32 tensors (any scale)."""
+    if isinstance(masks, torch.Tensor):
+        if masks.ndim == 2:
+            masks = masks[None]
+        elif masks.ndim == 4 and masks.shape[1] == 1:
+            masks = masks[:, 0]
+        elif masks.ndim == 4 and masks.shape[-1] in (1, 3):
+            masks = masks[..., 0]
+        if masks.ndim != 3:
+            raise ValueError(f"{name}: expected [H,W], [B,H,W] or [B,1,H,W], got {list(masks.shape)}")
+        out = [m.detach().to("cpu", torch.float32) for m in masks]
+    elif isinstance(masks, (list, tuple)):
+        out = [m for i, x in enumerate(masks) for m in to_mask_list(x, f"{name}[{i}]")]
+    elif isinstance(masks, np.ndarray):
+        arr = masks[..., 0] if masks.ndim == 3 and masks.shape[-1] in (1, 3, 4) else masks
+        if arr.ndim != 2:
+            raise ValueError(f"{name}: expected an HxW array, got shape {masks.shape}")
+        out = [torch.from_numpy(arr.astype(np.float32))]
+    else:
+        from PIL import Image
+
+        if not isinstance(masks, Image.Image):
+            raise TypeError(f"{name}: unsupported type {type(masks).__name__}")
+        arr = np.asarray(masks.convert("F") if masks.mode not in ("I;16", "I") else masks, dtype=np.float32)
+        out = [torch.from_numpy(arr)]
+    for i, m in enumerate(out):
+        if not torch.isfinite(m).all():
+            raise ValueError(f"{name} contains NaN or inf values (item {i})")
+    return out
+
+
+def group_by_size(items: Sequence[torch.Tensor]) -> dict[tuple[int, int], list[int]]:
+    """Indices of same-sized images, so each group can run through a network as one batch."""
+    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i, t in enumerate(items):
+        groups[tuple(t.shape[-2:])].append(i)
+    return dict(groups)
+
+
+def imagenet_normalize(x: torch.Tensor) -> torch.Tensor:
+    """[B,3,H,W] in 0..1 -> ImageNet statistics (subtract, then divide, as the official code)."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def minmax_per_item(x: torch.Tensor) -> torch.Tensor:
+    """Each item of a batch min-max scaled to 0..1 in float32; a constant item becomes zeros (not NaN)."""
+    d = x.float()
+    dims = tuple(range(1, d.ndim))
+    lo = d.amin(dim=dims, keepdim=True)
+    span = d.amax(dim=dims, keepdim=True) - lo
+    safe = torch.where(span > 0, span, torch.ones_like(span))
+    return torch.where(span > 0, (d - lo) / safe, torch.zeros_like(d))
+
+
+def resize_bilinear(x: torch.Tensor, size: tuple[int, int], align_corners: bool) -> torch.Tensor:
+    """[...,H,W] bilinear to ``size`` (no antialias); the input itself when it already has that size."""
+    size = (int(size[0]), int(size[1]))
+    if tuple(x.shape[-2:]) == size:
+        return x
+    return torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
+
+
+def chunks(seq: Sequence[int], size: int) -> Iterable[Sequence[int]]:
+    for i in range(0, len(seq), max(1, size)):
+        yield seq[i:i + size]

@@ -1,0 +1,227 @@
+"""The typed description of a model family: what every layer needs to know about it, in one place.
+
+A family (PDFNet, Depth-Anything-V2, BiRefNet, SegRefiner) describes itself once, in
+``models/<family>/spec.py``, as a frozen ``FamilySpec``; ``registry.py`` lists the families.  The
+loaders' checkpoint sniffing, the known files and their folders, the model cache's memory estimates,
+the pipeline's input contract and the ComfyUI loader nodes all read the spec instead of keeping
+tables of their own.  A loaded model travels as a ``LoadedModel``: the module and its spec.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from .ops.images import IMAGENET_MEAN, IMAGENET_STD
+from .weights import as_dtype
+
+HF_ENDPOINT = "https://huggingface.co"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+
+# --------------------------------------------------------------------------------------------
+# known files
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One downloadable weight file.
+
+    ``filename`` is the local name (and the registry key); ``hf_filename`` the path inside the hub
+    repository (the same unless given).  ``variant`` is the size variant where a family has
+    several (Depth-Anything ``vits``/``vitb``/``vitl``) and None where it has one.
+    Several files may share one hub name (every BiRefNet repository holds ``model.safetensors``); the
+    local name, which keys the registry, then says which it is.  ``train_hw`` is the (height, width)
+    the weights were trained at, where it matters to the caller; ``patch_order`` is BiRefNet's
+    patch-channel order, None where it is not known.  A file published only outside the hub has
+    ``repo_id=""`` and ``manual_url`` (the publisher's page): it is never downloaded automatically,
+    and the messages say where to get it and where to put it.
+    """
+
+    filename: str
+    arch: str
+    variant: str | None
+    repo_id: str
+    folder_key: str
+    licence: str
+    description: str
+    hf_filename: str = ""
+    revision: str = "main"
+    size_bytes: int | None = None
+    sha256: str | None = None
+    train_hw: tuple[int, int] | None = None
+    patch_order: str | None = None
+    manual_url: str = ""
+    # PDFNet's code revision ("v1"/"v2") the weights were trained with; read only when a copy of the
+    # file has lost the entries that show it (models/pdfnet/revision.py).  Not the hub's ``revision``.
+    pdfnet_revision: str | None = None
+
+    @property
+    def on_hub(self) -> bool:
+        return bool(self.repo_id)
+
+    def __post_init__(self) -> None:
+        if bool(self.repo_id) == bool(self.manual_url):
+            raise ValueError(f"registry entry {self.filename!r}: give either a hub repo_id or a manual_url")
+        if not self.hf_filename:
+            object.__setattr__(self, "hf_filename", self.filename)
+        if "/" in self.filename or "\\" in self.filename:
+            raise ValueError(f"registry entry {self.filename!r}: the local name must be a bare file name")
+        if self.size_bytes is not None and self.size_bytes <= 0:
+            raise ValueError(f"registry entry {self.filename!r}: size_bytes must be positive or None")
+        if self.sha256 is not None and not _SHA256.fullmatch(self.sha256):
+            raise ValueError(f"registry entry {self.filename!r}: sha256 must be 64 lowercase hex digits or None")
+        if self.train_hw is not None and (len(self.train_hw) != 2 or min(self.train_hw) <= 0 or
+                                          any(s % 32 for s in self.train_hw)):
+            raise ValueError(f"registry entry {self.filename!r}: train_hw must be (height, width), multiples of 32")
+
+
+# --------------------------------------------------------------------------------------------
+# recognising a checkpoint
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """A layout of checkpoint keys: a file matches when, for every prefix, some key starts with it."""
+
+    name: str
+    description: str
+    prefixes: tuple[str, ...]
+
+    def matches(self, keys: Sequence[str]) -> bool:
+        return all(any(k.startswith(p) for k in keys) for p in self.prefixes)
+
+
+# --------------------------------------------------------------------------------------------
+# the family
+
+
+@dataclass(frozen=True)
+class LoaderOption:
+    """A choice a loader takes beyond file, device and dtype (BiRefNet's patch order).
+
+    ``resolve(choice, filename)`` turns the user's choice (e.g. "auto") into the value the loader
+    is called with, so that the model cache keys on what was actually built.
+    """
+
+    name: str
+    choices: tuple[str, ...]
+    default: str
+    resolve: Callable[[str, str | None], str]
+
+    def value(self, choice: str, filename: str | None) -> str:
+        if choice not in self.choices:
+            raise ValueError(f"{self.name} must be one of {', '.join(self.choices)}; got {choice!r}")
+        return self.resolve(choice, filename)
+
+
+@dataclass(frozen=True)
+class InputContract:
+    """What a network expects of its input tensor."""
+
+    size_multiple: int = 1                     # square side (segmenters) or patch size (ViT) multiple
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    needs_depth: bool = False                  # segmenters: takes a depth map beside the image
+
+
+# (model, normalised image [B,3,S,S], depth [B,1,S,S] or None) -> logits [B,1,S,S]
+SegmentFn = Callable[[nn.Module, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+# (height, width, variant) of the network input -> activation elements of one forward pass of one image
+ActivationFn = Callable[[int, int, "str | None"], float]
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """Everything the other layers know about one model family."""
+
+    name: str                                  # registry name, e.g. "depth_anything"
+    label: str                                 # for people: "Depth-Anything-V2"
+    folder_key: str                            # models sub-folder / ComfyUI folder_paths key
+    module_type: type[nn.Module]               # what its loader returns
+    load: Callable[..., nn.Module]             # (source, *, device, dtype, **options) -> ready module
+    fingerprints: tuple[Fingerprint, ...]      # the checkpoint layouts the loader reads
+    activation: ActivationFn                   # measured or derived activation elements per image
+    inputs: InputContract = field(default_factory=InputContract)
+    files: tuple[ModelEntry, ...] = ()         # known downloadable files
+    default_file: str | None = None            # used when a caller names no model
+    variants: tuple[str, ...] = ()
+    variant_of: Callable[[nn.Module], "str | None"] = lambda module: None
+    describe: Callable[[nn.Module], str] | None = None
+    options: tuple[LoaderOption, ...] = ()
+    segment: SegmentFn | None = None           # how segment() runs it; None: not a segmenter
+    # (network side, batch) of the largest call when the family's own algorithm picks them
+    # (SegRefiner's batches of 256² patches); None: the caller says.
+    work_size: Callable[[nn.Module], "tuple[int, int]"] | None = None
+    # Where 'auto' precision may pick a half type (if the device runs it well); empty: always fp32.
+    auto_dtypes: tuple[torch.dtype, ...] = (torch.bfloat16,)
+
+    @property
+    def wanted(self) -> str:
+        """The phrase loader errors use: 'a PDFNet checkpoint'."""
+        return f"a {self.label} checkpoint"
+
+    def option(self, name: str) -> LoaderOption:
+        for opt in self.options:
+            if opt.name == name:
+                return opt
+        raise KeyError(f"{self.label} has no loader option {name!r}")
+
+    def activation_bytes(self, size: int | tuple[int, int], batch: int = 1, dtype: torch.dtype | str = torch.float32,
+                         variant: str | None = None) -> int:
+        """Activation memory of one forward pass of ``batch`` images at network ``size``, in bytes.
+
+        For a residency hook's ``memory_required``: linear in the batch and the element size.
+        """
+        h, w = (size, size) if isinstance(size, int) else size
+        if h <= 0 or w <= 0 or batch <= 0:
+            raise ValueError(f"size and batch must be positive, got size={size!r}, batch={batch!r}")
+        return int(math.ceil(self.activation(h, w, variant) * batch * as_dtype(dtype).itemsize))
+
+    def describe_module(self, module: nn.Module) -> str:
+        return self.describe(module) if self.describe is not None else self.label
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A loaded model as it travels between layers (and through ComfyUI sockets): module + family."""
+
+    module: nn.Module
+    spec: FamilySpec
+
+    @property
+    def variant(self) -> str | None:
+        return self.spec.variant_of(self.module)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return parameter_placement(self.module)[1]
+
+    @property
+    def device(self) -> torch.device:
+        return parameter_placement(self.module)[0]
+
+    def activation_bytes(self, size: int | tuple[int, int], batch: int = 1) -> int:
+        return self.spec.activation_bytes(size, batch, self.dtype, self.variant)
+
+    def describe(self) -> str:
+        return self.spec.describe_module(self.module)
+
+
+# The two callbacks of the long-running functions (segment, estimate_depth, depth_prior):
+# progress(done, total) after each batch (raising from it stops the work), and
+# before_run(module, bytes_needed) before each forward pass, e.g. to make the model resident with
+# that much memory to spare for activations (ComfyUI's memory manager).
+Progress = Callable[[int, int], None]
+BeforeRun = Callable[[nn.Module, int], None]
+
+
+def parameter_placement(module: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Where a model's weights are and in what precision (CPU float32 for a model without any)."""
+    p = next(module.parameters(), None)
+    return (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.float32)

@@ -1,0 +1,200 @@
+"""BiRefNet and SegRefiner inside a REAL ComfyUI server (see test_comfy_integration.py for the setup).
+
+Its own server, with synthetic weights in models/birefnet (Swin-T, the light variant: CPU time) and
+models/segrefiner (the NARROW UNet of the reference folder), so these tests stay independent of the
+order of the main integration module.  Skipped without COMFY_DIR, like that module.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import comfy_support as base
+from comfy_support import COMFY_DIR
+
+if not COMFY_DIR:
+    pytest.skip("COMFY_DIR is not set: no ComfyUI to run the integration tests against "
+                "(see ../shared/comfy/README.md)", allow_module_level=True)
+
+# the response helpers of the main module (importing it is cheap once COMFY_DIR is set)
+from test_comfy_integration import assert_close_8bit, assert_ok, files_of, progress_of, read_png, rgb_of, run  # noqa: E402
+
+harness = base.import_harness()
+
+pytestmark = pytest.mark.comfy
+
+BIREFNET_FILE = "synthetic_birefnet_swin_t.safetensors"   # unknown to the registry: patch order 'current'
+SEGREFINER_FILE = "synthetic_segrefiner_narrow.pth"
+SMALL = (48, 64)          # (H, W) of the SegRefiner image: hr mode still runs its 256² global pass
+SEED = 11
+
+
+class Assets:
+    def __init__(self, tmp: Path, reference_dir: Path) -> None:
+        from safetensors.torch import save_file
+        from synthetic_birefnet import synthetic_state_dict as birefnet_state
+        from synthetic_segrefiner import synthetic_state_dict as segrefiner_state
+
+        self.env = base.Env(tmp, reference_dir)   # the PDFNet/Depth-Anything weights and the test images
+        self.birefnet = tmp / BIREFNET_FILE
+        save_file(birefnet_state(reference_dir, "swin_v1_t"), str(self.birefnet))
+        self.segrefiner = tmp / SEGREFINER_FILE
+        # the official mmcv layout, optimizer included (the loader drops it)
+        torch.save({"meta": {"epoch": 1}, "state_dict": segrefiner_state(reference_dir, narrow=True),
+                    "optimizer": {"state": {}, "param_groups": []}}, self.segrefiner)
+        h, w = SMALL
+        yy, xx = np.mgrid[0:h, 0:w]
+        disk = (yy - h / 2) ** 2 + (xx - w / 2) ** 2 < (h / 3) ** 2
+        img = np.where(disk[..., None], [200, 120, 60], [40, 60, 80]).astype(np.uint8)
+        self.small = base.Env._png(tmp / "small.png", img)
+        # a coarse mask: the disk shifted by 3 px, so there is something to refine
+        coarse = ((yy - h / 2 - 3) ** 2 + (xx - w / 2) ** 2 < (h / 3) ** 2).astype(np.uint8) * 255
+        self.coarse = base.Env._png(tmp / "small_coarse.png", np.repeat(coarse[..., None], 3, -1))
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory, reference_dir) -> Assets:
+    return Assets(tmp_path_factory.mktemp("comfy_extra"), reference_dir)
+
+
+@pytest.fixture(scope="module")
+def server(assets):
+    env = assets.env
+    srv = harness.ComfyServer(
+        comfy_dir=base.COMFY_DIR, python=os.environ.get("COMFY_PYTHON") or None,
+        packs=[(str(base.ROOT), base.PACK_NAME)],
+        models={"pdfnet": [str(env.pdfnet)], "depthanything": [str(env.dam)],
+                "birefnet": [str(assets.birefnet)], "segrefiner": [str(assets.segrefiner)]})
+    srv.start(timeout=300)
+    for path in (env.image, assets.small, assets.coarse):
+        srv.put_input(str(path), path.name)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def compare_workflow() -> dict:
+    wf = base.workflow("compare_pdfnet_birefnet.json")
+    for node in wf.values():
+        if node["class_type"] == "PDFNetBiRefNetLoader":
+            node["inputs"]["model_name"] = BIREFNET_FILE
+    return wf
+
+
+def segrefine_workflow(mode: str = "hr", model_name: str = SEGREFINER_FILE) -> dict:
+    return {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "small.png"}},
+        "2": {"class_type": "LoadImage", "inputs": {"image": "small_coarse.png"}},
+        "3": {"class_type": "ImageToMask", "inputs": {"image": ["2", 0], "channel": "red"}},
+        "4": {"class_type": "PDFNetSegRefinerLoader", "inputs": {"model_name": model_name, "dtype": "auto"}},
+        "5": {"class_type": "PDFNetSegRefine", "inputs": {"image": ["1", 0], "mask": ["3", 0],
+                                                          "segrefiner_model": ["4", 0], "mode": mode, "seed": SEED}},
+        "6": {"class_type": "MaskToImage", "inputs": {"mask": ["5", 0]}},
+        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "pdfnet/segrefine"}},
+    }
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def test_new_nodes_and_types_are_listed(server):
+    nodes = server.pack_nodes(base.PACK_NAME)
+    assert {"PDFNetBiRefNetLoader", "PDFNetSegRefinerLoader", "PDFNetSegRefine"} <= set(nodes), sorted(nodes)
+    assert not server.import_failures(), server.import_failures()
+    assert nodes["PDFNetBiRefNetLoader"]["output"] == ["BIREFNET_MODEL"]
+    assert nodes["PDFNetSegRefinerLoader"]["output"] == ["SEGREFINER_MODEL"]
+    # one socket, its old id, both model types
+    seg = nodes["PDFNetSegment"]["input"]["required"]["pdfnet_model"]
+    assert seg[0] == "PDFNET_MODEL,BIREFNET_MODEL", seg
+    assert "BiRefNet" in seg[1]["tooltip"]
+    assert "2048" in nodes["PDFNetSegment"]["input"]["required"]["resolution"][1]["tooltip"]
+    bi = nodes["PDFNetBiRefNetLoader"]["input"]["required"]
+    assert BIREFNET_FILE in bi["model_name"][1]["options"] and "BiRefNet_HR.safetensors" in bi["model_name"][1]["options"]
+    assert bi["patch_order"][1]["options"] == ["auto", "legacy", "current"]
+    assert "2024-11-05" in bi["patch_order"][1]["tooltip"]
+    sr = nodes["PDFNetSegRefinerLoader"]["input"]["required"]
+    assert "download" not in sr, "a Google-Drive-only model must not offer a download toggle"
+    assert sr["model_name"][1]["options"] == [SEGREFINER_FILE, "segrefiner_lr_latest.pth", "segrefiner_hr_latest.pth"]
+    refine = nodes["PDFNetSegRefine"]["input"]["required"]
+    assert refine["segrefiner_model"][0] == "SEGREFINER_MODEL" and refine["mode"][1]["options"] == ["lr", "hr"]
+    assert "7 s" in refine["mode"][1]["tooltip"] and "binary" in nodes["PDFNetSegRefine"]["description"]
+    for node_id in ("PDFNetBiRefNetLoader", "PDFNetSegRefinerLoader", "PDFNetSegRefine"):
+        for name, spec in nodes[node_id]["input"]["required"].items():
+            assert spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
+
+
+def test_compare_pdfnet_and_birefnet_side_by_side(server, assets):
+    from pdfnet_core import load_birefnet, segment
+
+    env = assets.env
+    result = run(server, compare_workflow())
+    assert_ok(result)
+    h, w = base.SIZE
+    stitched = read_png(files_of(result, "10")[0])
+    assert stitched.shape[:2] == (h, 2 * w), stitched.shape   # PDFNet left, BiRefNet right, source size each
+    cutouts = read_png(files_of(result, "12")[0])
+    assert cutouts.shape == (h, 2 * w, 3)
+    # the BiRefNet half is what pdfnet_core computes for this file, at the source size
+    image = torch.from_numpy(rgb_of(env.image))[None]
+    want = segment(image, None, load_birefnet(assets.birefnet), size=base.RESOLUTION)[0].numpy()
+    assert_close_8bit(stitched[:, w:, 0], want, "BiRefNet mask")
+    assert progress_of(result, "6")[-1] == (1, 1)   # BiRefNet: no depth step
+    assert progress_of(result, "5")[-1] == (2, 2)   # PDFNet: depth + segmentation
+    log = server.log_text()
+    assert f"BiRefNet swin_v1_t (current patch order) from {BIREFNET_FILE}" in log
+    # the BiRefNet segment node did not pull a depth model: only PDFNet's node has one wired
+    assert log.count("Requested to load DepthAnythingV2") == 1
+
+
+def test_birefnet_patch_order_is_part_of_the_model(server, assets):
+    wf = compare_workflow()
+    wf = {k: v for k, v in wf.items() if k in ("1", "4", "6", "8")}
+    wf["20"] = {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "pdfnet/legacy"}}
+    wf["4"]["inputs"]["patch_order"] = "legacy"
+    result = run(server, wf)
+    assert_ok(result)
+    assert "BiRefNet swin_v1_t (legacy patch order)" in server.log_text()
+    assert read_png(files_of(result, "20")[0]).shape[:2] == base.SIZE
+
+
+def test_segrefine_hr_on_a_small_image(server, assets):
+    from pdfnet_core.models.segrefiner.refiner import refine_with_segrefiner
+    from pdfnet_core.models.segrefiner.loader import load_segrefiner
+
+    result = run(server, segrefine_workflow("hr"))
+    assert_ok(result)
+    refined = read_png(files_of(result, "7")[0])[..., 0]
+    assert refined.shape == SMALL and set(np.unique(refined)) <= {0, 255}   # binary
+    assert progress_of(result, "5")[-1] == (1, 1)
+    image = torch.from_numpy(rgb_of(assets.small))
+    coarse = torch.from_numpy(rgb_of(assets.coarse)[..., 0])
+    want = refine_with_segrefiner(load_segrefiner(assets.segrefiner), image, coarse, mode="hr", seed=SEED)
+    # same seed, same CPU: the same states (a pixel may flip where a confidence sits on a threshold)
+    assert np.mean((refined > 127) != (want.numpy() > 0.5)) < 0.01
+    assert "SegRefiner (UNet width 32)" in server.log_text()
+
+
+def test_segrefine_batch_mismatch_is_a_clear_error(server):
+    wf = segrefine_workflow("lr")
+    wf["20"] = {"class_type": "RepeatImageBatch", "inputs": {"image": ["1", 0], "amount": 3}}
+    wf["21"] = {"class_type": "RepeatImageBatch", "inputs": {"image": ["2", 0], "amount": 2}}
+    wf["5"]["inputs"]["image"] = ["20", 0]
+    wf["3"]["inputs"]["image"] = ["21", 0]
+    result = run(server, wf)
+    assert result["status"] == "error" and result["error"]["node_type"] == "PDFNetSegRefine"
+    assert "image has 3 items and mask has 2: pass one mask per item of image" in result["error"]["exception_message"]
+
+
+def test_missing_segrefiner_file_names_the_manual_url_and_folder(server):
+    result = run(server, segrefine_workflow("hr", "segrefiner_hr_latest.pth"))
+    assert result["status"] == "rejected_http_400", result["status"]
+    text = json.dumps(result["node_errors"])
+    assert "https://drive.google.com/file/d/143kerk4WOerGZMqR-cAETb7rOcoQ0CQ_" in text
+    assert f"models{os.sep}segrefiner" in text and "download it by hand" in text
+    assert "turn on" not in text

@@ -1,0 +1,83 @@
+"""The family specs and the registry read off them: one description per family, read by every layer."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+import pdfnet_core
+from pdfnet_core import registry
+from pdfnet_core.specs import FamilySpec, LoadedModel
+
+GiB = 1 << 30
+
+
+def test_every_family_is_registered_once_with_its_files_and_folder():
+    assert list(registry.FAMILIES) == ["pdfnet", "depth_anything", "birefnet", "segrefiner"]
+    assert registry.FOLDER_KEYS == ("pdfnet", "depthanything", "birefnet", "segrefiner")
+    for spec in registry.FAMILIES.values():
+        assert isinstance(spec, FamilySpec) and spec.fingerprints
+        for entry in spec.files:
+            assert registry.lookup(entry.filename) is entry
+            assert (entry.arch, entry.folder_key) == (spec.name, spec.folder_key)
+        if spec.default_file is not None:
+            assert registry.lookup(spec.default_file).arch == spec.name
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        registry.family("pdfnet").folder_key = "elsewhere"   # type: ignore[misc]
+
+
+def test_checkpoints_are_told_apart_by_their_keys():
+    assert registry.identify(["encoder.absolute_pos_embed", "decoder.FSE_mix.0.x"]).name == "pdfnet"
+    assert registry.identify(["backbone.embeddings.x", "neck.y", "head.z"]).name == "depth_anything_hf"
+    assert registry.identify(["model.diffusion_model.input_blocks.0"]).name == "stable_diffusion"
+    assert registry.identify(["foo.bar"]) is None
+
+
+def test_a_module_finds_its_family_and_anything_else_is_refused():
+    class Tiny(nn.Linear):
+        pass
+
+    spec = dataclasses.replace(registry.family("birefnet"), module_type=Tiny)
+    handle = LoadedModel(Tiny(2, 2), spec)
+    assert registry.as_loaded(handle) is handle and registry.family_of(handle) is spec
+    assert handle.device == torch.device("cpu") and handle.dtype == torch.float32
+    assert registry.family_of(nn.Linear(2, 2)) is None
+    with pytest.raises(TypeError, match="not a model of this pack"):
+        registry.as_loaded(nn.Linear(2, 2))
+    with pytest.raises(TypeError, match="does not run a SegRefiner"):
+        pdfnet_core.segmenter(LoadedModel(nn.Linear(2, 2), registry.family("segrefiner")))
+
+
+def test_birefnet_patch_order_option_resolves_auto_from_the_registry():
+    option = registry.family("birefnet").option("patch_order")
+    assert option.value("auto", "BiRefNet.safetensors") == "legacy"
+    assert option.value("auto", "BiRefNet_HR.safetensors") == "current"
+    assert option.value("auto", "mine.safetensors") == "current"
+    assert option.value("legacy", "BiRefNet_HR.safetensors") == "legacy"
+    with pytest.raises(ValueError, match="patch_order must be one of"):
+        option.value("newest", "BiRefNet.safetensors")
+
+
+def test_pdfnet_activation_estimate_scales_with_pixels_batch_and_dtype():
+    spec = registry.family("pdfnet")
+    base = spec.activation_bytes(1024, 1, torch.float32)
+    assert abs(base - 1.1 * GiB) < 0.01 * GiB
+    assert spec.activation_bytes(2048, 1, torch.float32) == pytest.approx(4 * base, rel=1e-6)
+    assert spec.activation_bytes((512, 2048), 1, torch.float32) == pytest.approx(base, rel=1e-6)
+    assert spec.activation_bytes(1024, 3, torch.float32) == pytest.approx(3 * base, rel=1e-6)
+    assert spec.activation_bytes(1024, 1, "fp16") == pytest.approx(base / 2, rel=1e-6)
+    with pytest.raises(ValueError, match="positive"):
+        spec.activation_bytes(0)
+
+
+def test_depth_anything_activation_estimate_grows_with_the_variant():
+    spec = registry.family("depth_anything")
+    sizes = [spec.activation_bytes(518, 1, "fp32", variant=v) for v in ("vits", "vitb", "vitl")]
+    assert sizes == sorted(sizes) and 50 * 2**20 < sizes[0] < sizes[-1] < 4 * GiB
+    assert spec.activation_bytes(1036, 1, "fp32", variant="vits") > 4 * sizes[0]
+    with pytest.raises(ValueError, match="variant"):
+        spec.activation_bytes(518, 1, "fp32")
+    with pytest.raises(ValueError, match="unknown model family"):
+        registry.family("unet")
