@@ -1,4 +1,4 @@
-"""Command line: ``python -m pdfnet_core {cutout,convert,download} ...``.
+"""Command line: ``python -m pdfnet_core {cutout,convert,download,train,evaluate} ...``.
 
 ``cutout`` is the batch job: files and folders of photos in, RGBA cut-outs (and optionally masks
 and composites) out, one line per file, already finished files skipped, unreadable files reported
@@ -706,6 +706,10 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("name", help="file name, e.g. PDFNet_Best.pth or depth_anything_v2_vits.pth")
     d.add_argument("--dir", help="target folder (default: MODELS_DIR/<folder>)")
     d.add_argument("--models-dir", type=Path)
+    # train / evaluate: their parsers import only argparse; the training code loads when one runs
+    from .train.commands import add_parsers
+
+    add_parsers(sub)
     return p
 
 
@@ -747,7 +751,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .weights import CheckpointError
 
     try:
-        return COMMANDS[args.command](args)
+        run = getattr(args, "run", None) or COMMANDS[args.command]   # train/evaluate bring their own
+        return run(args)
     except (UsageError, CheckpointError, ModelDownloadError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -4,8 +4,9 @@ Downloads go through ``huggingface_hub.hf_hub_download`` into a private temporar
 the target folder (same file system, so the final ``os.replace`` is atomic), are checked against the
 registry's size and sha256 where known, and only then appear under their real name.  A failure or
 an interruption removes the temporary directory, so a models folder never holds a half file under a
-weight-file name.  Every failure is a ``ModelDownloadError`` that names the URL and the folder in
-which to place the file by hand.
+weight-file name; a process killed outright leaves its staging folder (named with its pid),
+which the next download of that file removes.  Every failure is a ``ModelDownloadError`` that
+names the URL and the folder in which to place the file by hand.
 """
 from __future__ import annotations
 

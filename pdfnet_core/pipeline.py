@@ -164,6 +164,12 @@ def segment(images: Any, depth: Any = None, model: nn.Module | LoadedModel | Non
     if isinstance(images, (nn.Module, LoadedModel)):  # segment(model, images, depth) call form
         images, depth, model = depth, model, images
     opts = _options(options, overrides)
+    if (isinstance(images, (list, tuple)) and len(images) == 0) or \
+            (isinstance(images, torch.Tensor) and images.ndim == 4 and images.shape[0] == 0):
+        # no images: no masks, with or without a depth model, and no default model is loaded
+        if model is not None:
+            segmenter(model)
+        return []
     if model is None:
         from .defaults import default_model
 

@@ -21,19 +21,23 @@ def _shape(x) -> str:
     return str(list(x.shape)) if isinstance(x, torch.Tensor) else type(x).__name__
 
 
+def _check_values(x: torch.Tensor, name: str, kind: str) -> torch.Tensor:
+    if not x.is_floating_point():
+        raise InputError(f"{name}: expected a floating {kind} in 0..1, got dtype {x.dtype}")
+    if x.numel() == 0:
+        raise InputError(f"{name} is empty (shape {_shape(x)})")
+    if torch.isnan(x).any():
+        raise InputError(f"{name} contains NaN values")
+    return x
+
+
 def check_image(image, name: str = "image", channels: tuple[int, ...] = (3,)) -> torch.Tensor:
     """``image`` if it is a non-empty floating [B,H,W,C] tensor without NaN, C in ``channels``."""
     if not isinstance(image, torch.Tensor):
         raise InputTypeError(f"{name}: expected a torch.Tensor [B,H,W,3], got {type(image).__name__}")
     if image.ndim != 4 or image.shape[-1] not in channels:
         raise InputError(f"{name}: expected a [B,H,W,3] RGB image, got shape {_shape(image)}")
-    if not image.is_floating_point():
-        raise InputError(f"{name}: expected a floating image in 0..1, got dtype {image.dtype}")
-    if image.numel() == 0:
-        raise InputError(f"{name} is empty (shape {_shape(image)})")
-    if torch.isnan(image).any():
-        raise InputError(f"{name} contains NaN values")
-    return image
+    return _check_values(image, name, "image")
 
 
 def check_mask(mask, name: str = "mask", single: bool = False) -> torch.Tensor:
@@ -49,13 +53,7 @@ def check_mask(mask, name: str = "mask", single: bool = False) -> torch.Tensor:
         raise InputError(f"{name}: expected a [B,H,W] mask, got shape {_shape(mask)}")
     if mask.dtype == torch.bool:
         mask = mask.float()
-    if not mask.is_floating_point():
-        raise InputError(f"{name}: expected a floating mask in 0..1, got dtype {mask.dtype}")
-    if mask.numel() == 0:
-        raise InputError(f"{name} is empty (shape {_shape(mask)})")
-    if torch.isnan(mask).any():
-        raise InputError(f"{name} contains NaN values")
-    return mask
+    return _check_values(mask, name, "mask")
 
 
 def check_same_size(a: torch.Tensor, b: torch.Tensor, a_name: str, b_name: str,

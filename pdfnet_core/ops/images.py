@@ -3,8 +3,12 @@
 Accepted inputs everywhere in pdfnet_core:
 * a PIL image (any mode PIL can convert to RGB; 16-bit and float modes are rescaled),
 * a numpy array HxW, HxWx1, HxWx3 or HxWx4 (uint8, uint16, bool or float in 0..1),
-* a torch tensor [H,W,C] or [B,H,W,C] float 0..1 (ComfyUI's IMAGE layout),
+* a torch tensor [H,W,C] or [B,H,W,C] float 0..1 (ComfyUI's IMAGE layout); an integer or bool
+  tensor is scaled by its dtype's range exactly as the numpy array of that dtype is,
 * a list of any of these (sizes may differ).
+
+Float images must be in 0..1: a slight overshoot (resampling ringing, within -0.5..1.5) is clipped,
+anything further out (a 0..255 image passed as float, say) is an error that says so.
 
 Every image becomes a [3,H,W] float32 tensor in 0..1 on the CPU; alpha is dropped (a cut-out is
 computed from the colour), gray is repeated to three channels.
@@ -19,12 +23,14 @@ import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# How far outside 0..1 a float image may stray (and be clipped) before it is an error.
+FLOAT_RANGE_SLACK = 0.5
 
 
 def to_rgb_list(images: Any, name: str = "images") -> list[torch.Tensor]:
     """Normalise any accepted input to a list of [3,H,W] float32 tensors in 0..1."""
     if isinstance(images, torch.Tensor) and images.ndim == 4:
-        return [_tensor_to_chw(im, f"{name}[{i}]") for i, im in enumerate(images)]
+        return [_one_to_chw(im, f"{name}[{i}]") for i, im in enumerate(images)]
     if isinstance(images, (list, tuple)):
         if not images:
             raise ValueError(f"{name} is empty: pass at least one image")
@@ -39,6 +45,9 @@ def _one_to_chw(image: Any, name: str) -> torch.Tensor:
     if isinstance(image, torch.Tensor):
         if image.ndim != 3:
             raise ValueError(f"{name}: expected a [H,W,C] or [B,H,W,C] tensor, got shape {list(image.shape)}")
+        if not (image.is_floating_point() or image.is_complex()):
+            # integer / bool tensors: the same scaling (and the same refusals) as numpy arrays
+            return _array_to_chw(image.detach().cpu().numpy(), name)
         return _tensor_to_chw(image, name)
     if isinstance(image, np.ndarray):
         return _array_to_chw(image, name)
@@ -95,6 +104,11 @@ def _tensor_to_chw(t: torch.Tensor, name: str) -> torch.Tensor:
     h, w = t.shape[:2]
     if h < 1 or w < 1:
         raise ValueError(f"{name} is empty ({h}x{w})")
+    lo, hi = float(t.min()), float(t.max())
+    if lo < -FLOAT_RANGE_SLACK or hi > 1 + FLOAT_RANGE_SLACK:
+        hint = "; it looks like a 0..255 image: divide it by 255, or pass it as uint8" if hi > 1 + FLOAT_RANGE_SLACK \
+            and lo >= -FLOAT_RANGE_SLACK and hi <= 255 + FLOAT_RANGE_SLACK else ""
+        raise ValueError(f"{name} has float values from {lo:g} to {hi:g}, but float images must be in 0..1{hint}")
     c = t.shape[-1]
     if c == 1:
         t = t.expand(h, w, 3)

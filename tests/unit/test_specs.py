@@ -81,3 +81,17 @@ def test_depth_anything_activation_estimate_grows_with_the_variant():
         spec.activation_bytes(518, 1, "fp32")
     with pytest.raises(ValueError, match="unknown model family"):
         registry.family("unet")
+
+
+def test_the_inference_path_never_imports_training_code():
+    import subprocess
+    import sys
+
+    code = ("import sys, pdfnet_core, nodes.batches, nodes.model_files\n"
+            "for name in pdfnet_core.__all__: getattr(pdfnet_core, name)\n"
+            "import pdfnet_core.defaults, pdfnet_core.download\n"
+            "bad = sorted(m for m in sys.modules if m.startswith(('pdfnet_core.train', 'pdfnet_core.metrics', 'timm')))\n"
+            "print(bad)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]))
+    assert out.stdout.strip() == "[]", out.stdout
