@@ -140,7 +140,8 @@ def load_model(family_name: str, name: str, dtype_choice: str = "auto", download
         try:
             module = spec.load(path, device=parked, dtype=dtype, **options)
         except (ValueError, OSError) as exc:   # CheckpointError is a ValueError
-            raise NodeInputError(f"model_name {name!r} ({path}) cannot be used as a {spec.label} model: {exc}") from exc
+            where = "" if path in str(exc) else f" ({path})"   # checkpoint errors name the file already
+            raise NodeInputError(f"model_name {name!r}{where} cannot be used as a {spec.label} model: {exc}") from exc
         # Logged once per model: the loader runs only on a cache miss.
         log.info("PDFNet pack: %s from %s runs on %s in %s (parked on %s when ComfyUI offloads it)",
                  spec.describe_module(module), os.path.basename(path), device, str(dtype).removeprefix("torch."),

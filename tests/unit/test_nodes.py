@@ -484,7 +484,7 @@ def test_a_file_of_another_model_is_named_in_the_error(comfy, tmp_path):
     folder = Path(comfy.folder_paths.get_folder_paths("pdfnet")[0])
     folder.mkdir(parents=True)
     torch.save({"some.layer.weight": torch.zeros(2, 2)}, folder / "other.pth")
-    with pytest.raises(ad.NodeInputError, match=r"model_name 'other.pth' .* cannot be used as a PDFNet model: "
+    with pytest.raises(ad.NodeInputError, match=r"model_name 'other.pth' cannot be used as a PDFNet model: \S+other.pth: "
                                                 r"this is not a PDFNet checkpoint"):
         mf.load_model("pdfnet", "other.pth", "fp32")
 
