@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from .files import TEMP_PREFIX, TEMP_SUFFIX, atomic_write
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 OUTPUT_FORMATS = {"png": ".png", "webp": ".webp"}
 
@@ -43,8 +45,6 @@ EXIT_STATUSES = """exit status:
 DEFAULT_MAX_PIXELS = 100_000_000
 MAX_PIXELS_ENV = "PDFNET_MAX_PIXELS"
 # Temporary output files: hidden, short (never near the name limit), unique per writer.
-TEMP_PREFIX = ".pdfnet-"
-TEMP_SUFFIX = ".partial"
 NAME_MAX = 255  # bytes in one file name on every common file system
 
 
@@ -312,24 +312,8 @@ def is_done(job: Job, cfg: CutoutConfig) -> bool:
     return all(is_complete(p, job.source, size) for p in paths)
 
 
-_UMASK: int | None = None
-
-
-def _file_mode() -> int:
-    global _UMASK
-    if _UMASK is None:
-        _UMASK = os.umask(0o022)
-        os.umask(_UMASK)
-    return 0o666 & ~_UMASK
-
-
 def write_image(tensor, path: Path) -> None:
-    """Save [H,W,C] float 0..1 (C = 1, 3 or 4) as 8-bit PNG/WebP; atomically, so no half files.
-
-    Each call writes its own temporary file in the target's folder (hidden, unique, short name),
-    fsyncs it and renames it over ``path``: a killed writer leaves at most a hidden ``.pdfnet-*``
-    file, and of two concurrent writers of one name the last rename wins with a complete file.
-    """
+    """Save [H,W,C] float 0..1 (C = 1, 3 or 4) as 8-bit PNG/WebP, atomically (``files.atomic_write``)."""
     import numpy as np
     import torch
     from PIL import Image
@@ -338,35 +322,8 @@ def write_image(tensor, path: Path) -> None:
     if arr.shape[-1] == 1:
         arr = arr[..., 0]
     image = Image.fromarray(np.ascontiguousarray(arr))
-    path.parent.mkdir(parents=True, exist_ok=True)
     fmt = "WEBP" if path.suffix == ".webp" else "PNG"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            image.save(fh, format=fmt, **({"lossless": True} if fmt == "WEBP" else {}))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, _file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename durable (POSIX); a no-op where folders cannot be opened (Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    atomic_write(path, lambda fh: image.save(fh, format=fmt, **({"lossless": True} if fmt == "WEBP" else {})))
 
 
 # --------------------------------------------------------------------------------------------

@@ -360,15 +360,13 @@ def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
 def save_safetensors(state: Mapping[str, torch.Tensor], path, dtype: str = "fp32",
                      metadata: Mapping[str, str] | None = None) -> Path:
     """Write floating-point tensors in ``dtype`` (integer buffers keep theirs), atomically."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from .files import atomic_write
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     target = DTYPES[dtype]
     out = {k: (v.to(target) if v.is_floating_point() else v).contiguous() for k, v in state.items()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    save_file(out, str(tmp), metadata=dict(metadata or {}))
-    os.replace(tmp, path)
-    return path
+    data = save(out, metadata=dict(metadata or {}))
+    return atomic_write(Path(path), lambda fh: fh.write(data))

@@ -321,5 +321,11 @@ def test_cancel_a_run(server, env):
              if m.get("type") == "progress" and m["data"].get("node") == "4"]
     assert steps[-1][0] < steps[-1][1] == 24, steps    # stopped part-way through 2 x 12 steps
     assert stopped_after < 60, stopped_after
-    # the server is fine afterwards
+    # the server is fine afterwards, and the cache is consistent: the same models run again
+    # (loaders forced to re-execute) without a single read from disk
+    loads = len(load_lines(server))
     assert_ok(run(server, workflow("depth_estimate.json", {("1", "image"): env.image2.name})))
+    again = workflow("remove_background.json", {("2", "dtype"): "fp32", ("3", "dtype"): "fp32",
+                                                  ("4", "resolution"): 512, ("1", "image"): env.image2.name})
+    assert_ok(run(server, again))
+    assert load_lines(server)[loads:] == [], load_lines(server)[loads:]
