@@ -136,6 +136,34 @@ SegmentFn = Callable[[nn.Module, torch.Tensor, "torch.Tensor | None"], torch.Ten
 ActivationFn = Callable[[int, int, "str | None"], float]
 
 
+@dataclass(frozen=True, eq=False)
+class MeasuredActivation:
+    """An ``ActivationFn`` read off measurements: MiB per image in fp32 at square network sides.
+
+    ``mib`` maps a variant (None: the family has one) to {side: MiB}, the peak memory of one forward
+    pass minus what was resident before it, as ``benchmarks/measure_activations.py`` prints it.
+    Between the measured sides the memory is linear in the pixel count (through zero below the
+    smallest), beyond the largest it follows the slope of the last two points.  A variant that was
+    not measured takes the largest of the measured ones.  ``how``: device, torch and date of the run.
+    """
+
+    mib: dict[str | None, dict[int, float]]
+    how: str
+
+    def __call__(self, h: int, w: int, variant: str | None) -> float:
+        tables = [self.mib[variant]] if variant in self.mib else list(self.mib.values())
+        return max(_interpolate(table, h * w) for table in tables) * 2**20 / 4
+
+
+def _interpolate(table: dict[int, float], pixels: int) -> float:
+    points = [(0, 0.0)] + sorted((side * side, mib) for side, mib in table.items())
+    for (p0, m0), (p1, m1) in zip(points, points[1:]):
+        if pixels <= p1:
+            return m0 + (m1 - m0) * (pixels - p0) / (p1 - p0)
+    (p0, m0), (p1, m1) = points[-2], points[-1]
+    return m1 + (m1 - m0) * (pixels - p1) / (p1 - p0)
+
+
 @dataclass(frozen=True)
 class FamilySpec:
     """Everything the other layers know about one model family."""
