@@ -2,18 +2,22 @@
 
     python benchmarks/bench_segrefiner.py                        # full width, 2048² HR mask, CPU fp32
     python benchmarks/bench_segrefiner.py --size 1024 --threads 2
+    python benchmarks/bench_segrefiner.py --patch-dtype bf16      # fp32 global pass, bf16 patches
+    python benchmarks/bench_segrefiner.py --estimate --batch 4    # global pass + patch count only
     python benchmarks/bench_segrefiner.py --width 32 --size 512   # the narrow test model (quick check)
     python benchmarks/bench_segrefiner.py --device cuda --dtype fp16
 
 Weights are the deterministic synthetic ones of shared/reference/segrefiner (speed does not depend on
 the values), loaded through ``load_segrefiner``.  The HR cost is 5 global steps at 256² plus one
 step per selected 256² patch (batched by 32); the number of patches depends on the weights and the
-image (random weights pick their own), so the patch count is printed: with the real HR checkpoint,
-estimate ``5 * step + patches * patch_step``.
+image (random weights pick their own), so the patch count is printed.  ``--estimate`` runs the real
+global pass and patch selection but not the patches (a stub answers for them) and prints
+``global + patches * patch step / batch``: a full 2048² run can take many minutes on a small CPU.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -53,13 +57,20 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
+    p.add_argument("--patch-dtype", choices=["model", "fp32", "fp16", "bf16"], default="model",
+                   help="precision of the HR patch pass (HRConfig.patch_dtype); model: the model's own")
     p.add_argument("--skip-hr", action="store_true", help="only time the UNet step")
+    p.add_argument("--estimate", action="store_true",
+                   help="HR: time the global pass and count the patches; estimate the patch pass from the step")
     args = p.parse_args(argv)
 
     sys.path[:0] = [str(ROOT)]
     import torch
 
+    from pdfnet_core.models.segrefiner.diffusion import NoiseSource
     from pdfnet_core.models.segrefiner.loader import load_segrefiner
+    from pdfnet_core.models.segrefiner.modes import refine_hr
+    from pdfnet_core.models.segrefiner.refiner import binarize, normalize_image
     from pdfnet_core.weights import DTYPES
     from tests.support.synthetic_segrefiner import synthetic_state_dict
 
@@ -74,25 +85,47 @@ def main(argv=None) -> int:
     print(f"SegRefiner width {args.width} ({n_params / 1e6:.1f} M params), {args.device} {args.dtype}, "
           f"{torch.get_num_threads()} threads")
 
+    if args.patch_dtype != "model":
+        model.hr_config = dataclasses.replace(model.hr_config, patch_dtype=DTYPES[args.patch_dtype])
     b = args.batch
     image = torch.randn(b, 3, 256, 256, device=args.device)
     mask = (torch.rand(b, 1, 256, 256, device=args.device) > 0.5).float()
     t = torch.full((b,), 3, dtype=torch.int64, device=args.device)
-    times = []
+    step = {}
     with torch.inference_mode():
-        model.unet(image[:1, :, :64, :64], mask[:1, :, :64, :64], t[:1])   # warm-up: kernel selection
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            model.unet(image, mask, t)
-            _sync(args.device)
-            times.append(time.perf_counter() - t0)
-    print(f"UNet step 256x256 batch {b}: median {statistics.median(times):.3f} s, "
-          f"min {min(times):.3f} s over {len(times)}")
+        unets = {"model": model.unet, "patch": model.unet_in(model.hr_config.patch_dtype)}
+        for name, unet in unets.items():
+            if name == "patch" and unet == model.unet:
+                step["patch"] = step["model"]
+                continue
+            unet(image[:1, :, :64, :64], mask[:1, :, :64, :64], t[:1])   # warm-up: kernel selection
+            times = []
+            for _ in range(args.repeats):
+                t0 = time.perf_counter()
+                unet(image, mask, t)
+                _sync(args.device)
+                times.append(time.perf_counter() - t0)
+            step[name] = statistics.median(times)
+            print(f"UNet step 256x256 batch {b} ({name} precision {unet.__self__.placement()[1]}): median "
+                  f"{step[name]:.3f} s, min {min(times):.3f} s over {len(times)}")
 
     if args.skip_hr:
         return 0
     img, coarse = _scene(args.size)
     trace: dict = {}
+    if args.estimate:
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            refine_hr(model.unet, normalize_image(img, args.device), binarize(coarse).float().to(args.device),
+                      NoiseSource(0, args.device), model.hr_config, trace=trace,
+                      patch_unet=lambda im, m, tt: torch.zeros_like(m))
+            _sync(args.device)
+            glob = time.perf_counter() - t0
+        patches = int(trace["patch_boxes"].shape[0])
+        print(f"HR refinement {args.size}x{args.size} ESTIMATE: {glob + patches * step['patch'] / b:.1f} s = "
+              f"global pass {glob:.1f} s (measured) + {patches} patches x {step['patch'] / b:.2f} s "
+              f"(step at batch {b}, not run) of {int(trace['nms_boxes'].shape[0])} NMS boxes")
+        return 0
     t0 = time.perf_counter()
     out = model.refine(img, coarse, "hr", seed=0, trace=trace)
     _sync(args.device)

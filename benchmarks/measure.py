@@ -39,3 +39,20 @@ def timed_runs(run: Callable[[], object], repeats: int, device: str) -> tuple[li
     if cuda:
         figures["cuda_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return times, figures
+
+
+def report(path: str | None, model: str, dtype: str, size: str, seconds: float, peak_gib: float,
+           versus: str = "") -> None:
+    """Append one row of the benchmarks' summary table (``benchmarks/summary.py``) to ``path``.
+
+    ``size`` says what one run processes ("1024²", "6000x4000 photo"); ``versus`` the ratio to the
+    official code or a peer where one was timed in the same run ("0.48x official time, 0.37x peak").
+    """
+    if not path:
+        return
+    import json
+
+    row = {"model": model, "dtype": dtype, "size": size, "seconds": round(seconds, 2),
+           "peak_gib": round(peak_gib, 2), "versus": versus}
+    with open(path, "a") as fh:
+        fh.write(json.dumps(row) + "\n")

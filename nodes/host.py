@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from pdfnet_core import DTYPES, FAMILIES, WEIGHT_SUFFIXES, CacheKey, InputError, default_cache
+from pdfnet_core import DTYPES, FAMILIES, WEIGHT_SUFFIXES, CacheKey, InputError, auto_dtype, default_cache
 
 NodeInputError = InputError
 
@@ -94,13 +94,22 @@ def offload_device() -> torch.device:
 
 def resolve_dtype(choice: str, auto_dtypes: tuple[torch.dtype, ...], device: torch.device) -> torch.dtype:
     """The dtype for a loader's choice; 'auto' takes the first of the family's ``auto_dtypes`` that
-    ComfyUI says the device runs well, else fp32."""
+    the device runs well, else fp32.
+
+    On a CPU that is pdfnet_core's judgement (native bf16 kernels): ComfyUI's never picks a half type
+    there, because it judges its own diffusion models.  Elsewhere ComfyUI's (it knows the GPU and the
+    user's precision flags).  ``--force-fp32`` is respected everywhere.
+    """
     import comfy.model_management as mm
 
     if choice != "auto":
         if choice not in DTYPES:
             raise NodeInputError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}, got {choice!r}")
         return DTYPES[choice]
+    if getattr(mm, "FORCE_FP32", False):
+        return torch.float32
+    if device.type == "cpu":
+        return auto_dtype(auto_dtypes, device)
     for dtype in auto_dtypes:
         if dtype == torch.bfloat16 and mm.should_use_bf16(device, prioritize_performance=True):
             return dtype

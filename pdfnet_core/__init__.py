@@ -27,6 +27,7 @@ _export("pdfnet_core.models.depth_anything", "load_depth_anything")
 _export("pdfnet_core.models.birefnet", "load_birefnet", "BiRefNet")
 _export("pdfnet_core.models.segrefiner", "load_segrefiner", "refine_with_segrefiner")
 _export("pdfnet_core.models.segrefiner.refiner", SEGREFINER_MODES="MODES")
+_export("pdfnet_core.precision", "auto_dtype", "bf16_supported")
 _export("pdfnet_core.weights", "CheckpointError", "read_state_dict", "save_safetensors", "DTYPES", "WEIGHT_SUFFIXES",
         "as_dtype")
 # families, known files, downloads, the model cache

@@ -46,12 +46,28 @@ def preprocess(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
     Bicubic (a=-0.75, half-pixel) without antialias and without clamping, done in float64 as the
     official cv2 call on a float64 image: antialiasing, uint8 resizing or clamping each move the
-    output by 0.1-0.2.
+    output by 0.1-0.2.  The resize is separable: rows are resized to the new width in bands (a
+    bicubic "resize" to the same height is exact, its weights being 0, 1, 0, 0), then columns, so
+    only a band of a large photo is ever float64 (a whole 6000x4000 one would be 576 MiB).
     """
-    x = images.to(torch.float64)
-    if tuple(x.shape[-2:]) != tuple(size):
-        x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=False)
+    b, c, h, w = images.shape
+    if (h, w) == tuple(size):
+        return imagenet_normalize(images.to(torch.float64)).to(torch.float32)
+    band = max(1, _BAND_VALUES // (b * c * w))
+    narrow = torch.cat([_bicubic(images[..., y0:y0 + band, :].to(torch.float64), size[1])
+                        for y0 in range(0, h, band)], dim=-2)
+    x = _bicubic(narrow.transpose(-1, -2), size[0]).transpose(-1, -2)
     return imagenet_normalize(x).to(torch.float32)
+
+
+_BAND_VALUES = 1 << 21  # float64 values per band of preprocess (16 MiB)
+
+
+def _bicubic(x: torch.Tensor, width: int) -> torch.Tensor:
+    """[...,h,w] bicubic to [...,h,width] (rows only)."""
+    if x.shape[-1] == width:
+        return x
+    return F.interpolate(x, size=(x.shape[-2], width), mode="bicubic", align_corners=False, antialias=False)
 
 
 def postprocess(depth: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -103,7 +119,9 @@ def estimate_depth(images: Any, model: torch.nn.Module | LoadedModel, input_size
                     f"the depth model produced NaN or inf for {name}{list(batch)} in {dtype}; "
                     "half precision can overflow here: load the model in float32 or bfloat16")
             for i, d in zip(batch, depth):
-                results[i] = d.clone()   # own storage, so one map does not pin the whole batch
+                # own storage, so one map does not pin the whole batch (and, made outside inference
+                # mode, a tensor callers may change in place)
+                results[i] = d.clone()
             done += len(batch)
             if progress is not None:
                 progress(done, len(rgb))
@@ -118,10 +136,10 @@ def normalize_depth(depth: torch.Tensor, quantize: bool = True) -> torch.Tensor:
     way.  (The files were JPEG as well; that lossy step is not reproduced.)  A constant map has
     no depth information and gives zeros rather than NaN.
     """
-    scaled = minmax_per_item(depth[None])[0] * 255.0
+    scaled = minmax_per_item(depth[None])[0].mul_(255.0)  # a new tensor, then in place
     if quantize:
-        scaled = torch.round(scaled).clamp_(0, 255)
-    return scaled / 255.0
+        scaled.round_().clamp_(0, 255)
+    return scaled.div_(255.0)
 
 
 def depth_prior(images: Any, model: torch.nn.Module | LoadedModel, quantize: bool = True,

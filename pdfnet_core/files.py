@@ -4,6 +4,10 @@ Every writer gets its own hidden temporary file (unique, short name) in the targ
 fsynced and renamed over the target, then the folder is fsynced.  A killed writer leaves at most a
 hidden ``.pdfnet-*.partial`` file; of two concurrent writers of one name the last rename wins with
 a complete file.  Used by the CLI's outputs and by checkpoint conversion.
+
+Logs (the batch manifest) grow by ``append_line``: one ``write`` of a whole line on a file opened
+with O_APPEND, then fsync, so concurrent writers (shards of a job array) never interleave a line
+and a killed writer leaves whole lines (at most the last one missing).
 """
 from __future__ import annotations
 
@@ -57,5 +61,18 @@ def fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     except OSError:
         pass
+    finally:
+        os.close(fd)
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append ``line`` (a newline is added) to ``path`` in one write, durably."""
+    data = (line.rstrip("\n") + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, _file_mode())
+    try:
+        written = os.write(fd, data)
+        if written != len(data):  # a full disk; never leave half a line to be joined by the next
+            raise OSError(f"{path}: short write ({written} of {len(data)} bytes)")
+        os.fsync(fd)
     finally:
         os.close(fd)

@@ -60,9 +60,15 @@ class Placement:
     top: int
     left: int
 
-    def to_network(self, x: torch.Tensor, pad_mode: str) -> torch.Tensor:
-        """[B,C,H,W] -> [B,C,S,S]; the border is zero ('constant') or the edge values ('replicate')."""
+    def to_network(self, x: torch.Tensor, pad_mode: str,
+                   transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """[B,C,H,W] -> [B,C,S,S]; the border is zero ('constant') or the edge values ('replicate').
+
+        ``transform`` is applied between the resize and the pad (at network size, not source size).
+        """
         x = resize_bilinear(x, (self.h, self.w), align_corners=True)
+        if transform is not None:
+            x = transform(x)
         pads = (self.left, self.size - self.w - self.left, self.top, self.size - self.h - self.top)
         if not any(pads):
             return x
@@ -198,9 +204,9 @@ def segment(images: Any, depth: Any = None, model: nn.Module | LoadedModel | Non
     results: list[torch.Tensor | None] = [None] * len(rgb)
     for batch in chunks(list(range(len(rgb))), opts.batch_size):
         places = [PLACEMENTS[opts.resize](*rgb[i].shape[-2:], opts.size) for i in batch]
-        # Normalising before the resize is the same affine map; it lets the padded canvas be the
-        # mean colour (zero after normalisation).
-        x = torch.cat([p.to_network(imagenet_normalize(rgb[i][None]), "constant") for p, i in zip(places, batch)])
+        # Normalised after the resize (the same affine map, on the network canvas rather than the
+        # photo: no full-size float copies) and before the pad, so the border is the mean colour.
+        x = torch.cat([p.to_network(rgb[i][None], "constant", imagenet_normalize) for p, i in zip(places, batch)])
         d = None if depths is None else \
             torch.cat([p.to_network(depths[i][None, None], "replicate") for p, i in zip(places, batch)]).to(device)
         if before_run is not None:

@@ -15,6 +15,7 @@ computed from the colour), gray is repeated to three channels.
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from typing import Any, Iterable, Sequence
 
@@ -80,11 +81,13 @@ def _array_to_chw(arr: np.ndarray, name: str) -> torch.Tensor:
         arr = arr[..., None]
     if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
         raise ValueError(f"{name}: expected an HxW, HxWx1, HxWx3 or HxWx4 array, got shape {arr.shape}")
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ValueError(f"{name} is empty ({arr.shape[0]}x{arr.shape[1]})")
     if not arr.flags.writeable:  # PIL-backed arrays are read-only; torch wants to own writable memory
         arr = arr.copy()
     if arr.dtype == np.uint8:
-        t = torch.from_numpy(np.ascontiguousarray(arr)).float() / 255.0
-    elif arr.dtype == np.uint16:
+        return _uint8_to_chw(arr)
+    if arr.dtype == np.uint16:
         t = torch.from_numpy(arr.astype(np.float32)) / 65535.0
     elif arr.dtype == np.bool_:
         t = torch.from_numpy(arr.astype(np.float32))
@@ -95,16 +98,25 @@ def _array_to_chw(arr: np.ndarray, name: str) -> torch.Tensor:
     return _tensor_to_chw(t, name)
 
 
+def _uint8_to_chw(arr: np.ndarray) -> torch.Tensor:
+    # Converted straight into the [3,H,W] result: 8-bit values need no range or finiteness check,
+    # and a photo makes one float copy instead of three (float, divided, transposed).
+    h, w, c = arr.shape
+    src = torch.from_numpy(arr).permute(2, 0, 1)
+    src = src.expand(3, h, w) if c == 1 else src[:3]
+    return torch.empty(3, h, w).copy_(src).div_(255.0)
+
+
 def _tensor_to_chw(t: torch.Tensor, name: str) -> torch.Tensor:
     if t.ndim != 3 or t.shape[-1] not in (1, 3, 4):
         raise ValueError(f"{name}: expected channels-last [H,W,C] with C in 1, 3 or 4, got {list(t.shape)}")
     t = t.detach().to("cpu", torch.float32)
-    if not torch.isfinite(t).all():
-        raise ValueError(f"{name} contains NaN or inf values")
     h, w = t.shape[:2]
     if h < 1 or w < 1:
         raise ValueError(f"{name} is empty ({h}x{w})")
-    lo, hi = float(t.min()), float(t.max())
+    lo, hi = (float(v) for v in torch.aminmax(t))  # NaN propagates to both, inf shows as a bound
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"{name} contains NaN or inf values")
     if lo < -FLOAT_RANGE_SLACK or hi > 1 + FLOAT_RANGE_SLACK:
         hint = "; it looks like a 0..255 image: divide it by 255, or pass it as uint8" if hi > 1 + FLOAT_RANGE_SLACK \
             and lo >= -FLOAT_RANGE_SLACK and hi <= 255 + FLOAT_RANGE_SLACK else ""
@@ -114,7 +126,34 @@ def _tensor_to_chw(t: torch.Tensor, name: str) -> torch.Tensor:
         t = t.expand(h, w, 3)
     elif c == 4:
         t = t[..., :3]
-    return t.permute(2, 0, 1).contiguous().clamp_(0, 1)
+    chw = t.permute(2, 0, 1)
+    if lo < 0 or hi > 1:
+        chw = chw.clamp(0, 1)  # a new tensor: the caller's image is never changed
+    # An image that is already a channels-first buffer seen as [H,W,3] (as read_image returns it) is
+    # used as it is: a photo is not copied again by every function it passes through.
+    return chw.contiguous()
+
+
+UINT8_BAND_VALUES = 1 << 22  # values per band of to_uint8 (16 MiB of float32)
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """[H,W,C] float 0..1 (C = 1, 3 or 4, any device) as the 8-bit array an image file holds
+    ([H,W] for C = 1): clamped, rounded half up.
+
+    Converted in bands of rows: a 6000x4000 RGBA makes no full-size float temporaries (each is
+    384 MiB) beside the 96 MiB result.
+    """
+    if not isinstance(image, torch.Tensor) or image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"to_uint8: expected an [H,W,C] tensor with C in 1, 3 or 4, got {getattr(image, 'shape', type(image))}")
+    h, w, c = image.shape
+    out = np.empty((h, w) if c == 1 else (h, w, c), np.uint8)
+    dst = torch.from_numpy(out).view(h, w, c)
+    rows = max(1, UINT8_BAND_VALUES // max(1, w * c))
+    for y0 in range(0, h, rows):
+        # in the image's own dtype, as (x.clamp(0, 1) * 255 + 0.5).to(uint8) computes it whole
+        dst[y0:y0 + rows] = image[y0:y0 + rows].clamp(0, 1).mul_(255).add_(0.5).to(torch.uint8).cpu()
+    return out
 
 
 def to_mask_list(masks: Any, name: str = "depth") -> list[torch.Tensor]:
@@ -170,8 +209,9 @@ def minmax_per_item(x: torch.Tensor) -> torch.Tensor:
     dims = tuple(range(1, d.ndim))
     lo = d.amin(dim=dims, keepdim=True)
     span = d.amax(dim=dims, keepdim=True) - lo
-    safe = torch.where(span > 0, span, torch.ones_like(span))
-    return torch.where(span > 0, (d - lo) / safe, torch.zeros_like(d))
+    flat = ~(span > 0)
+    # One result tensor, worked on in place (a full-size depth map is 96 MiB at 6000x4000).
+    return (d - lo).div_(span.masked_fill(flat, 1)).masked_fill_(flat, 0)
 
 
 def resize_bilinear(x: torch.Tensor, size: tuple[int, int], align_corners: bool) -> torch.Tensor:

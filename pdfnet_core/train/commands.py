@@ -140,7 +140,7 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--download", action="store_true", help="download missing default weights")
     p.add_argument("--size", type=int, default=1024, help="network resolution for --model (multiple of 32)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
+    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16", "auto"], default="fp32")
     p.add_argument("--overwrite", action="store_true", help="recompute predictions that already exist")
     p.set_defaults(run=run_evaluate)
     return p
@@ -154,7 +154,8 @@ def run_evaluate(args: argparse.Namespace, echo=print) -> int:
     except ImportError as exc:
         return _error(str(exc))
     from ..download import ModelDownloadError
-    from ..weights import DTYPES, CheckpointError
+    from ..precision import dtype_for
+    from ..weights import CheckpointError
     from . import plots
     from .evaluate import Models, evaluate, parse_pipeline
     from .loop import resolve_device
@@ -164,7 +165,8 @@ def run_evaluate(args: argparse.Namespace, echo=print) -> int:
         if args.size < 32 or args.size % 32:
             raise ValueError(f"--size must be a positive multiple of 32, got {args.size}")
         models = Models(args.pdfnet_weights, args.birefnet_weights, args.segrefiner_weights, args.depth_weights,
-                        args.models_dir, args.download, str(resolve_device(args.device)), DTYPES[args.dtype])
+                        args.models_dir, args.download, str(resolve_device(args.device)),
+                        dtype_for(args.dtype, "pdfnet", resolve_device(args.device)))
         report = evaluate(args.pred_dir, args.gt_dir, args.subsets, pipelines or None, models, args.size,
                           args.overwrite, args.name, echo)
     except (ValueError, FileNotFoundError, CheckpointError, ModelDownloadError) as exc:

@@ -15,6 +15,8 @@ from pdfnet_core.ops.composite import (
     to_rgba,
     unpremultiply,
 )
+import pdfnet_core.ops.images
+from pdfnet_core.ops.images import to_uint8
 from nodes.batches import foreground_to_loadimage_mask, loadimage_mask_to_foreground
 
 
@@ -208,3 +210,16 @@ def test_polarity_helpers_match_comfyui_semantics():
     assert torch.equal(foreground_to_loadimage_mask(torch.ones(1, 2, 2)), torch.zeros(1, 2, 2))
     soft = rand(1, 7, 7, seed=15)
     assert (loadimage_mask_to_foreground(foreground_to_loadimage_mask(soft)) - soft).abs().max() < 1e-7
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_uint8_encode_in_bands_equals_the_whole_image_formula(channels, dtype, monkeypatch):
+    monkeypatch.setattr(pdfnet_core.ops.images, "UINT8_BAND_VALUES", 3 * 61 * channels)  # 3-row bands
+    image = (rand(37, 61, channels) * 1.4 - 0.2).to(dtype)
+    expected = (image.clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+    out = to_uint8(image)
+    assert out.flags.c_contiguous and out.dtype.name == "uint8"
+    assert torch.equal(torch.from_numpy(out), expected[..., 0] if channels == 1 else expected)
+    with pytest.raises(ValueError, match="to_uint8"):
+        to_uint8(torch.rand(1, 4, 4, 3))

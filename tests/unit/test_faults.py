@@ -22,6 +22,11 @@ from PIL import Image
 
 import pdfnet_core.pipeline
 from pdfnet_core import cli
+from pdfnet_core.batch import work
+from pdfnet_core.batch.config import MAX_PIXELS_ENV
+from pdfnet_core.batch.imageio import write_image
+from pdfnet_core.batch.manifest import MANIFEST_NAME
+from pdfnet_core.files import TEMP_PREFIX, TEMP_SUFFIX
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,16 +43,16 @@ def models(monkeypatch):
 
     def load_models(cfg):
         state.loaded += 1
-        return object(), None
+        return work.Models(object(), None)
 
     def segment(images, depth=None, model=None, **kwargs):
-        image = images[0]
-        size = tuple(image.shape[:2])
-        if size in state.fail:
-            raise state.fail[size]
-        return [image[..., 0].clone()]  # the red channel as alpha: each output shows its source
+        for image in images:
+            size = tuple(image.shape[:2])
+            if size in state.fail:
+                raise state.fail[size]
+        return [image[..., 0].clone() for image in images]  # the red channel as alpha: each output shows its source
 
-    monkeypatch.setattr(cli, "load_models", load_models)
+    monkeypatch.setattr(work, "load_models", load_models)
     monkeypatch.setattr(pdfnet_core.pipeline, "segment", segment)
     return state
 
@@ -114,13 +119,13 @@ def test_concurrent_writers_of_one_name_never_leave_a_corrupt_file(monkeypatch, 
         fh.flush()
         if nested["left"]:
             nested["left"] -= 1
-            cli.write_image(b, target)
+            write_image(b, target)
         fh.write(data[len(data) // 2:])
         if fh is not fp:
             fh.close()
 
     monkeypatch.setattr(Image.Image, "save", save)
-    cli.write_image(a, target)
+    write_image(a, target)
     monkeypatch.undo()
     assert _decodes(target)
     got = np.asarray(Image.open(target))
@@ -136,7 +141,7 @@ def test_a_writer_killed_mid_write_leaves_no_final_file_and_the_old_one_intact(t
         sys.path.insert(0, {str(ROOT)!r})
         from PIL import Image
         from pathlib import Path
-        from pdfnet_core import cli
+        from pdfnet_core.batch.imageio import write_image
         def save(self, fp, format=None, **kw):
             fp = open(fp, "wb") if isinstance(fp, (str, Path)) else fp
             fp.write(b"\\x89PNG\\r\\n\\x1a\\n half a file")
@@ -144,7 +149,7 @@ def test_a_writer_killed_mid_write_leaves_no_final_file_and_the_old_one_intact(t
             print("writing", flush=True)
             time.sleep(60)
         Image.Image.save = save
-        cli.write_image(torch.rand(8, 8, 3), Path(sys.argv[1]))
+        write_image(torch.rand(8, 8, 3), Path(sys.argv[1]))
     """)
     for name, before in (("new.png", None), ("old.png", b"")):
         target = out / name
@@ -164,7 +169,7 @@ def test_a_writer_killed_mid_write_leaves_no_final_file_and_the_old_one_intact(t
         else:
             assert target.read_bytes() == before
     left = [p.name for p in out.iterdir() if p.name not in ("old.png",)]
-    assert all(n.startswith(cli.TEMP_PREFIX) and n.endswith(cli.TEMP_SUFFIX) for n in left)
+    assert all(n.startswith(TEMP_PREFIX) and n.endswith(TEMP_SUFFIX) for n in left)
 
 
 def test_a_250_byte_input_name_works_and_long_output_names_are_shortened(models, tmp_path):
@@ -173,7 +178,7 @@ def test_a_250_byte_input_name_works_and_long_output_names_are_shortened(models,
     assert len(name.encode()) == 250
     _photo(src / name, 12, 16)
     assert _cutout(src / name, "--out", out, "--mask", "--background", "#ffffff") == 0
-    names = sorted(p.name for p in out.iterdir())
+    names = sorted(p.name for p in out.iterdir() if p.name != MANIFEST_NAME)
     assert "n" * 246 + ".png" in names and "n" * 246 + "_mask.png" in names and len(names) == 3
     comp = next(n for n in names if n.endswith("_composite.png"))  # 260 bytes in full: shortened
     assert len(comp.encode()) <= 255 and "~" in comp
@@ -189,7 +194,7 @@ def test_inputs_that_share_an_output_name_get_distinct_files(models, tmp_path, c
     _photo(src / "solo.png", 14, 14, 5)
     assert _cutout(src, tmp_path / "x", tmp_path / "y", "--out", out) == 0
     text = capsys.readouterr().out
-    names = sorted(p.name for p in out.iterdir())
+    names = sorted(p.name for p in out.iterdir() if p.name != MANIFEST_NAME)
     assert len(names) == 5 and "solo.png" in names and "a_jpg.png" in names and "a_png.png" in names
     assert Image.open(out / "a_jpg.png").size == (10, 10) and Image.open(out / "a_png.png").size == (11, 11)
     photos = [n for n in names if n.startswith("photo_png_")]
@@ -262,7 +267,7 @@ def test_pixel_budget_is_settable_and_checked_from_the_header(models, tmp_path, 
     assert _cutout(src, "--out", out, "--max-pixels", "300") == 1
     assert "big.png: FAILED: 20x20 (400 pixels) is above the pixel budget of 300 pixels" in capsys.readouterr().out
     assert not (out / "big.png").exists() and (out / "small.png").exists()
-    monkeypatch.setenv(cli.MAX_PIXELS_ENV, "500")
+    monkeypatch.setenv(MAX_PIXELS_ENV, "500")
     assert _cutout(src, "--out", out) == 0
 
 
@@ -296,7 +301,7 @@ def test_set_up_errors_exit_2_before_any_model_is_loaded(case, models, tmp_path,
             "bad_size": ["--out", tmp_path / "o", "--size", "33"],
             "bad_env_budget": ["--out", tmp_path / "o"]}[case]
     if case == "bad_env_budget":
-        monkeypatch.setenv(cli.MAX_PIXELS_ENV, "lots")
+        monkeypatch.setenv(MAX_PIXELS_ENV, "lots")
     assert _cutout(src, *args) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1

@@ -440,15 +440,22 @@ def test_download_goes_to_the_first_folder(comfy, monkeypatch, tmp_path):
         mf.model_path("depth_anything", "/tmp/x.pth", download=True)
 
 
-def test_auto_dtype_follows_comfy(comfy):
+def test_auto_dtype_follows_comfy_on_a_gpu_and_pdfnet_core_on_a_cpu(comfy):
+    import pdfnet_core
     from nodes import host as cm
 
-    cpu = torch.device("cpu")
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)   # no CUDA needed: ComfyUI's answer is faked
     bf16_first = family("depth_anything").auto_dtypes
-    assert cm.resolve_dtype("auto", bf16_first, cpu) == torch.float32
+    assert cm.resolve_dtype("auto", bf16_first, gpu) == torch.float32
     comfy.bf16 = True
-    assert cm.resolve_dtype("auto", bf16_first, cpu) == torch.bfloat16
-    assert cm.resolve_dtype("auto", family("segrefiner").auto_dtypes, cpu) == torch.float32
+    assert cm.resolve_dtype("auto", bf16_first, gpu) == torch.bfloat16
+    assert cm.resolve_dtype("auto", family("segrefiner").auto_dtypes, gpu) == torch.float32
+    # on a CPU ComfyUI never picks a half type (it judges diffusion models): the CPU's own bf16 kernels decide
+    assert cm.resolve_dtype("auto", bf16_first, cpu) == pdfnet_core.auto_dtype(bf16_first, cpu)
+    mm = sys.modules["comfy.model_management"]
+    mm.FORCE_FP32 = True   # ComfyUI's --force-fp32
+    assert cm.resolve_dtype("auto", bf16_first, cpu) == cm.resolve_dtype("auto", bf16_first, gpu) == torch.float32
+    mm.FORCE_FP32 = False
     assert cm.resolve_dtype("fp16", bf16_first, cpu) == torch.float16
     with pytest.raises(ad.NodeInputError, match="dtype"):
         cm.resolve_dtype("int8", bf16_first, cpu)

@@ -153,8 +153,10 @@ def test_segrefiner_auto_dtype_stays_fp32(comfy):
     from nodes import host as cm
 
     comfy.bf16 = True
+    gpu = torch.device("cuda", 0)   # ComfyUI's (faked) judgement; no CUDA needed
+    assert cm.resolve_dtype("auto", family("segrefiner").auto_dtypes, gpu) == torch.float32
     assert cm.resolve_dtype("auto", family("segrefiner").auto_dtypes, torch.device("cpu")) == torch.float32
-    assert cm.resolve_dtype("auto", family("birefnet").auto_dtypes, torch.device("cpu")) == torch.bfloat16
+    assert cm.resolve_dtype("auto", family("birefnet").auto_dtypes, gpu) == torch.bfloat16
 
 
 # --------------------------------------------------------------------------------------------

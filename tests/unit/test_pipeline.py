@@ -57,6 +57,41 @@ def test_any_size_and_aspect_comes_back_at_source_size(model):
         assert all(0 <= a.min() and a.max() <= 1 for a in out)
 
 
+def test_photo_sized_inputs_are_not_copied_or_changed():
+    # read_image's layout (a [3,H,W] buffer seen as [H,W,3]) passes through as it is
+    chw = torch.rand(3, 20, 30)
+    assert pdfnet_core.ops.images.to_rgb_list(chw.permute(1, 2, 0)[None])[0].data_ptr() == chw.data_ptr()
+    # slightly out of range: clamped in a copy, the caller's tensor stays as it was
+    over = torch.rand(3, 20, 30) * 1.2 - 0.1
+    before = over.clone()
+    out = pdfnet_core.ops.images.to_rgb_list(over.permute(1, 2, 0))[0]
+    assert torch.equal(over, before) and torch.equal(out, before.clamp(0, 1))
+    # 8-bit arrays: converted straight to channels-first, the same values as float / 255
+    arr = np.random.default_rng(0).integers(0, 256, (9, 7, 4), dtype=np.uint8)
+    expected = torch.from_numpy(arr[..., :3].copy()).float().permute(2, 0, 1) / 255.0
+    assert torch.equal(pdfnet_core.ops.images.to_rgb_list(arr)[0], expected)
+    gray = torch.from_numpy(arr[..., 0].copy()).float().expand(3, 9, 7) / 255.0
+    assert torch.equal(pdfnet_core.ops.images.to_rgb_list(arr[..., 0])[0], gray)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        pdfnet_core.ops.images.to_rgb_list(torch.tensor([[[0.5, float("inf"), 0.2]]]))
+    with pytest.raises(ValueError, match="is empty"):
+        pdfnet_core.ops.images.to_rgb_list(np.zeros((0, 3, 3), np.uint8))
+
+
+def test_depth_preprocess_in_bands_equals_one_resize(monkeypatch):
+    import torch.nn.functional as F
+
+    from pdfnet_core import depth as depth_module
+    from pdfnet_core.ops.images import imagenet_normalize
+
+    monkeypatch.setattr(depth_module, "_BAND_VALUES", 3 * 61 * 5)  # 5 rows per band
+    image = torch.rand(1, 3, 47, 61, generator=torch.Generator().manual_seed(0))
+    for size in ((518, 686), (28, 42), (47, 28)):
+        whole = F.interpolate(image.double(), size=size, mode="bicubic", align_corners=False, antialias=False)
+        expected = imagenet_normalize(whole).float()
+        assert torch.equal(depth_module.preprocess(image, size), expected)
+
+
 def test_placements():
     assert pad_placement(200, 400, 256) == Placement(256, 128, 256, 64, 0)
     assert pad_placement(300, 100, 96) == Placement(96, 96, 32, 0, 32)

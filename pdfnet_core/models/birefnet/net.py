@@ -146,10 +146,15 @@ class ASPPDeformable(nn.Module):
         self.bn1 = EvalBatchNorm2d(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        branches = [self.aspp1(x)] + [branch(x) for branch in self.aspp_deforms]
-        # The official code resizes the 1x1 pool branch back with align_corners=True: a broadcast.
-        branches.append(self.global_avg_pool(x).expand_as(branches[0]))
-        return F.relu(self.bn1(self.conv1(torch.cat(branches, dim=1))))  # Dropout(0.5) is the identity in eval
+        # conv1 (1x1, no bias) of the five concatenated branches is the sum of its weight slices applied to
+        # each branch: no concatenated copy.  The official code resizes the 1x1 pool branch back with
+        # align_corners=True, a broadcast, so its slice is applied once per image, not once per pixel.
+        weights = self.conv1.weight.split(_ASPP_PLANES, dim=1)
+        y = F.conv2d(self.aspp1(x), weights[0])
+        for branch, weight in zip(self.aspp_deforms, weights[1:]):
+            y = y + F.conv2d(branch(x), weight)
+        y = y + F.conv2d(self.global_avg_pool(x), weights[-1])
+        return F.relu(self.bn1(y))  # Dropout(0.5) is the identity in eval
 
 
 class BasicDecBlk(nn.Module):
@@ -227,7 +232,10 @@ class Decoder(nn.Module):
         """``ipt_blk{k}`` of the image cut into patches of ``like``'s size, stacked along channels."""
         gh, gw = image.shape[-2] // like.shape[-2], image.shape[-1] // like.shape[-1]
         stack = image if gh == gw == 1 else PATCH_ORDERS[self.patch_order](image, gh, gw)
-        return getattr(self, f"ipt_blk{k}")(resize_like(stack, like))
+        # channels-last like the backbone's features, which the convolutions run faster on (and the
+        # concatenation with them then copies no transposed memory)
+        stack = resize_like(stack, like).contiguous(memory_format=torch.channels_last)
+        return getattr(self, f"ipt_blk{k}")(stack)
 
     def forward(self, image: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor,
                 x4: torch.Tensor) -> torch.Tensor:
@@ -239,9 +247,14 @@ class Decoder(nn.Module):
             p = p * attn.sigmoid()
             p = resize_like(p, skip) + getattr(self, f"lateral_block{k}")(skip)
         p = torch.cat([p, self.patch_input(2, image, p)], dim=1)
-        p = resize_like(self.decoder_block1(p), image)
-        p = torch.cat([p, self.patch_input(1, image, p)], dim=1)
-        return self.conv_out1(p)
+        p = self.decoder_block1(p)
+        # conv_out1 is 1x1 and the bilinear upsampling mixes no channels, so they commute: its weights
+        # for decoder_block1's channels are applied at 1/4 resolution and one channel is upsampled
+        # instead of all of them (no full-size copy of those channels nor of their concatenation).
+        conv = self.conv_out1[0]
+        w_dec, w_ipt = conv.weight.split([p.shape[1], conv.weight.shape[1] - p.shape[1]], dim=1)
+        logits = resize_like(F.conv2d(p, w_dec), image)
+        return logits + F.conv2d(self.patch_input(1, image, image), w_ipt, conv.bias)
 
 
 # --------------------------------------------------------------------------------------------

@@ -55,9 +55,14 @@ class ConvRMSSiLU(nn.Sequential):
     def norm_act(self, y: torch.Tensor) -> torch.Tensor:
         """Norm + SiLU of a conv output that nobody else holds."""
         norm = self[1]
-        if torch.is_grad_enabled() or y.dtype != torch.float32:
+        if torch.is_grad_enabled():
             return self[2](norm(y))
-        scale = torch.rsqrt(y.pow(2).mean(dim=1, keepdim=True).add_(norm.eps))
+        if y.dtype == torch.float32:
+            scale = torch.rsqrt(y.pow(2).mean(dim=1, keepdim=True).add_(norm.eps))
+        else:
+            # the mean square accumulated in float32 (as RMSNorm does) without a float32 copy of y
+            ms = torch.linalg.vector_norm(y, dim=1, keepdim=True, dtype=torch.float32).square_().div_(y.shape[1])
+            scale = ms.add_(norm.eps).rsqrt_().to(y.dtype)
         y.mul_(scale).mul_(norm.weight[:, None, None])
         return F.silu(y, inplace=True)
 

@@ -106,30 +106,29 @@ class WindowAttention(nn.Module):
     def init_constants(self) -> None:
         self.relative_position_index = relative_position_index(self.window)
 
-    def relative_bias(self) -> torch.Tensor:
-        """[heads, L, L] bias gathered from the table."""
-        length = self.window * self.window
-        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        return bias.view(length, length, self.num_heads).permute(2, 0, 1)
+    def forward(self, qkv: torch.Tensor, plan: "WindowPlan") -> torch.Tensor:
+        """qkv [N, T+1, 3C]: the projected tokens and, last, the projected zero token of the padding.
 
-    def forward(self, qkv_windows: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """qkv_windows [N, nW, L, 3C] (already projected); mask [nW, L, L] or None.
-
-        Returns the heads concatenated, before ``proj`` (the caller applies it to real tokens only).
+        Returns the heads concatenated [N, T, C] in token order, before ``proj``.
         """
-        n, nw, length, c3 = qkv_windows.shape
+        n, t1, c3 = qkv.shape
         heads, d = self.num_heads, c3 // (3 * self.num_heads)
-        # Windows are folded into the head dimension ([N, nW*heads, L, d]) so that one additive
-        # bias of shape [nW*heads, L, L] (relative position + shift mask) broadcasts over the images
-        # and the fused CPU/GPU attention kernels can be used.
-        qkv = qkv_windows.view(n, nw, length, 3, heads, d).permute(3, 0, 1, 4, 2, 5).reshape(3, n, nw * heads, length, d)
-        q, k, v = qkv.unbind(0)
-        bias = self.relative_bias().to(q.dtype)[None]  # [1, heads, L, L]
-        if mask is not None:
-            bias = bias + mask.to(q.dtype)[:, None]  # [nW, heads, L, L]
-        bias = bias.expand(nw, heads, length, length).reshape(1, nw * heads, length, length)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
-        return out.view(n, nw, heads, length, d).transpose(2, 3).reshape(n, nw, length, c3 // 3)
+        table = self.relative_position_bias_table
+        if plan.single:
+            # [N, T+1, 3, heads, d] viewed as [N, heads, T(+1), d]: the fused CPU kernel reads strides
+            parts = qkv.view(n, t1, 3, heads, d).permute(2, 0, 3, 1, 4)
+            q, k, v = parts[0, :, :, :-1], parts[1], parts[2]
+            if plan.pad_index is None:
+                k, v = k[:, :, :-1], v[:, :, :-1]
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=plan.single_bias(table).to(q.dtype),
+                                                 scale=self.scale)
+            return out.transpose(1, 2).reshape(n, t1 - 1, c3 // 3)
+        rows = qkv.reshape(-1, d).index_select(0, plan.rows_in)
+        q, k, v = rows.view(3, plan.batch, -1, plan.length, d).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=plan.window_bias(table).to(q.dtype),
+                                             scale=self.scale)
+        # [B, L, H, d] rows (the CPU kernel's own output layout, so usually no copy) back to token order
+        return out.transpose(1, 2).reshape(-1, d).index_select(0, plan.rows_out).view(n, t1 - 1, c3 // 3)
 
 
 @dataclass(frozen=True)
@@ -140,7 +139,6 @@ class WindowLayout:
     after zero-padding to a multiple of the window and rolling by -shift; the value ``h*w`` points
     at an extra zero token appended to the map, which stands for every padded position.
     ``scatter[t]`` is the window-token index holding real token t after the inverse roll.
-    One gather replaces the official pad, roll and partition copies (and one more their inverse).
     """
 
     gather: torch.Tensor
@@ -161,6 +159,92 @@ class WindowLayout:
         return WindowLayout(gather, scatter, (hp // window) * (wp // window))
 
 
+@dataclass(frozen=True)
+class WindowPlan:
+    """How one stage's blocks of one shift run their window attention on N maps of h x w tokens.
+
+    One window per map (a map no larger than a window, as the patch tiles' deeper stages): the
+    attention runs on the real tokens only, in token order, so nothing is gathered or scattered.
+    The padded positions all hold the same key and value (the projected zero token), so they
+    collapse into that one key whose bias, per query, is the log-sum-exp of their biases:
+    exactly the official softmax over all of them, without the padded queries.
+    Several windows: one gather of the q/k/v rows into the fused kernel's layout (windows folded
+    into the batch, or into the heads where the shift mask differs per window) and one gather
+    back to token order.
+    """
+
+    single: bool
+    length: int = 0                         # tokens per window
+    batch: int = 0                          # attention batch (N*nW, or N with windows in the heads)
+    rows_in: torch.Tensor | None = None     # [3*N*nW*heads*L] rows of qkv.view(-1, d)
+    rows_out: torch.Tensor | None = None    # [N*T*heads] rows of the attention output
+    pair_index: torch.Tensor | None = None  # relative index: single [T, T] between real tokens; several [L, L]
+    pad_index: torch.Tensor | None = None   # single: [T, P] relative index to the padded positions
+    mask: torch.Tensor | None = None        # shift mask: single [T, T+P]; several [nW, L, L]
+
+    @staticmethod
+    def build(n: int, h: int, w: int, window: int, shift: int, heads: int, rel_index: torch.Tensor,
+              device) -> "WindowPlan":
+        layout = WindowLayout.build(h, w, window, shift, device)
+        length = window * window
+        hp, wp = -(-h // window) * window, -(-w // window) * window
+        mask = shifted_window_mask(hp, wp, window, window // 2, device) if shift else None
+        tokens = h * w
+        if layout.windows == 1:
+            pos = layout.scatter                                  # window position of each real token
+            pads = (layout.gather == tokens).nonzero()[:, 0]      # window positions of the padding
+            order = torch.cat([pos, pads])
+            return WindowPlan(single=True, length=length,
+                              pair_index=rel_index[pos][:, pos],
+                              pad_index=rel_index[pos][:, pads] if pads.numel() else None,
+                              mask=mask[0][pos][:, order] if mask is not None else None)
+        nw = layout.windows
+        src = layout.gather.view(nw, length)                       # token of (window, position)
+        k = torch.arange(3, device=device)
+        img = torch.arange(n, device=device)
+        hd = torch.arange(heads, device=device)
+        # qkv.view(-1, d) row of (image, token, q/k/v, head)
+        row = lambda i, t, part, head: ((i * (tokens + 1) + t) * 3 + part) * heads + head  # noqa: E731
+        if shift:   # [3, N, heads, nW, L]: windows in the heads, so the mask can differ per window
+            rows_in = row(img[None, :, None, None, None], src[None, None, None], k[:, None, None, None, None],
+                          hd[None, None, :, None, None])
+            batch, cols = n, heads * nw
+            head_of = lambda head, win: head * nw + win  # noqa: E731
+        else:       # [3, N*nW, heads, L]: windows in the batch, one bias for all of them
+            rows_in = row(img[None, :, None, None, None], src[None, None, :, None], k[:, None, None, None, None],
+                          hd[None, None, None, :, None])
+            batch, cols = n * nw, heads
+            head_of = lambda head, win: head  # noqa: E731
+        win, at = layout.scatter // length, layout.scatter % length   # window and position of each token
+        b = img[:, None, None] * (batch // n) + (win[None, :, None] if not shift else 0)
+        rows_out = (b * length + at[None, :, None]) * cols + head_of(hd[None, None, :], win[None, :, None])
+        return WindowPlan(single=False, length=length, batch=batch, rows_in=rows_in.reshape(-1),
+                          rows_out=rows_out.reshape(-1), pair_index=rel_index, mask=mask)
+
+    def single_bias(self, table: torch.Tensor) -> torch.Tensor:
+        """[1, heads, T, T(+1)]: relative-position bias (+ shift mask) of the real tokens, padding collapsed."""
+        heads = table.shape[1]
+        t = self.pair_index.shape[0]
+        bias = table[self.pair_index.reshape(-1)].view(t, t, heads)
+        if self.pad_index is not None:
+            pad = table[self.pad_index.reshape(-1)].view(t, -1, heads)
+            bias = torch.cat([bias, pad], dim=1)
+        bias = bias.permute(2, 0, 1)
+        if self.mask is not None:
+            bias = bias + self.mask
+        if self.pad_index is not None:
+            bias = torch.cat([bias[..., :t], bias[..., t:].float().logsumexp(-1, keepdim=True).to(bias.dtype)], dim=-1)
+        return bias[None]  # a 4-d mask: with [heads, ...] torch takes the slow unfused path
+
+    def window_bias(self, table: torch.Tensor) -> torch.Tensor:
+        """[1, heads(*nW), L, L]: relative-position bias (+ the shift mask of each window)."""
+        length = self.length
+        bias = table[self.pair_index.reshape(-1)].view(length, length, -1).permute(2, 0, 1)
+        if self.mask is None:
+            return bias[None]
+        return (bias[:, None] + self.mask[None]).reshape(1, -1, length, length)
+
+
 class SwinBlock(nn.Module):
     def __init__(self, dim: int, num_heads: int, window: int, shift: int, mlp_ratio: float, eps: float):
         super().__init__()
@@ -171,15 +255,11 @@ class SwinBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor, layout: WindowLayout, mask: torch.Tensor | None) -> torch.Tensor:
-        """x: [N, L, C] tokens of an h x w map (row-major)."""
-        n, length, c = x.shape
+    def forward(self, x: torch.Tensor, plan: WindowPlan) -> torch.Tensor:
+        """x: [N, T, C] tokens of an h x w map (row-major)."""
         # Padded tokens are zero after norm1 and are not masked in the official model: append one
         # zero token for all of them.  Projecting it gives exactly the qkv bias, as in the original.
-        y = F.pad(self.norm1(x), (0, 0, 0, 1))
-        qkv = self.attn.qkv(y).index_select(1, layout.gather)
-        y = self.attn(qkv.view(n, layout.windows, -1, 3 * c), mask if self.shift else None)
-        y = y.reshape(n, -1, c).index_select(1, layout.scatter)
+        y = self.attn(self.attn.qkv(F.pad(self.norm1(x), (0, 0, 0, 1))), plan)
         x = x + self.attn.proj(y)
         return x + self.mlp(self.norm2(x))
 
@@ -213,11 +293,12 @@ class SwinStage(nn.Module):
         """x: [N, H, W, C] -> [N, H, W, C] (before the downsample)."""
         n, h, w, c = x.shape
         ws = self.window
-        layouts = {shift: WindowLayout.build(h, w, ws, shift, x.device) for shift in {b.shift for b in self.blocks}}
-        mask = shifted_window_mask(-(-h // ws) * ws, -(-w // ws) * ws, ws, ws // 2, x.device)
+        attn = self.blocks[0].attn
+        plans = {shift: WindowPlan.build(n, h, w, ws, shift, attn.num_heads, attn.relative_position_index, x.device)
+                 for shift in {b.shift for b in self.blocks}}
         tokens = x.reshape(n, h * w, c)
         for block in self.blocks:
-            tokens = block(tokens, layouts[block.shift], mask)
+            tokens = block(tokens, plans[block.shift])
         return tokens.view(n, h, w, c)
 
 

@@ -39,6 +39,10 @@ class HRConfig:
     fine_prob_thr: float = 0.9
     iou_thr: float = 0.3
     batch_max: int = 32
+    # Precision of the full-resolution patch pass (one UNet call per patch, the bulk of a large
+    # refinement); None: the model's own.  The global pass, which picks the patches through
+    # stochastic thresholded steps, always runs in the model's precision.  Not an official setting.
+    patch_dtype: torch.dtype | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,8 +201,12 @@ def merge_patches(probs: torch.Tensor, mask: torch.Tensor, boxes: torch.Tensor) 
 
 
 def refine_hr(unet: UNetFn, image: torch.Tensor, mask: torch.Tensor, noise: NoiseSource,
-                    cfg: HRConfig = HRConfig(), trace: dict | None = None) -> torch.Tensor:
-    """Refine one [H,W] float {0,1} mask of an image with H, W >= model_size; returns float {0,1} [H,W]."""
+                    cfg: HRConfig = HRConfig(), trace: dict | None = None,
+                    patch_unet: UNetFn | None = None) -> torch.Tensor:
+    """Refine one [H,W] float {0,1} mask of an image with H, W >= model_size; returns float {0,1} [H,W].
+
+    ``patch_unet`` (default ``unet``) runs the full-resolution patches, e.g. a bf16 twin of ``unet``.
+    """
     h, w = mask.shape
     g_img, g_mask = global_inputs(image, mask, cfg.model_size)
     steps = [] if trace is not None else None
@@ -210,7 +218,7 @@ def refine_hr(unet: UNetFn, image: torch.Tensor, mask: torch.Tensor, noise: Nois
         trace.update(g_mask_in=g_mask, steps=steps, g_fine=fine, g_up=glob, nms_boxes=nms, patch_boxes=boxes)
     if boxes.shape[0] == 0:
         return glob
-    logits = local_logits(unet, image, glob, boxes, cfg.batch_max)
+    logits = local_logits(patch_unet or unet, image, glob, boxes, cfg.batch_max)
     if trace is not None:
         trace["patch_logits"] = logits
     return merge_patches(logits.sigmoid(), glob, boxes)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .unet import SegRefinerNet, SegRefinerUNetConfig
-from .diffusion import NoiseInput, NoiseSource
+from .diffusion import NoiseInput, NoiseSource, UNetFn
 from .modes import LRConfig, HRConfig, refine_lr, refine_hr
 
 # mmcv Normalize of the official configs (RGB order, 0..255 scale)
@@ -93,7 +93,8 @@ def _run_hr(model: "SegRefiner", image: torch.Tensor, mask: torch.Tensor, noise:
     if ph or pw:  # the official patch rule needs >= 256 px per side; pad, refine, crop
         image = F.pad(image, (0, pw, 0, ph), mode="replicate")
         mask = F.pad(mask, (0, pw, 0, ph))
-    out = refine_hr(model.unet, image, mask.float(), noise, model.hr_config, trace=trace)
+    out = refine_hr(model.unet, image, mask.float(), noise, model.hr_config, trace=trace,
+                    patch_unet=model.unet_in(model.hr_config.patch_dtype))
     return out[:h, :w]
 
 
@@ -117,6 +118,16 @@ class SegRefiner(SegRefinerNet):
         """Where the weights are and in what precision (read off them, so it never goes stale)."""
         weight = self.denoise_model.time_embed.weight
         return weight.device, weight.dtype
+
+    def unet_in(self, dtype: torch.dtype | None) -> UNetFn:
+        """``unet`` computed in ``dtype``: this model's own when it already is (or ``dtype`` is None),
+        else a converted twin that lives as long as the returned function (one refinement)."""
+        if dtype is None or dtype == self.placement()[1]:
+            return self.unet
+        with torch.device("meta"):
+            twin = SegRefiner(self.config)
+        twin.load_state_dict({k: v.to(dtype) for k, v in self.state_dict().items()}, assign=True)
+        return twin.eval().unet
 
     def unet(self, image: torch.Tensor, mask: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Logits [B,1,h,w] (float32) for a normalised image [B,3,h,w], a 0/1 mask [B,1,h,w], t int64 [B]."""

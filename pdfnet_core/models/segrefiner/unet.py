@@ -42,10 +42,30 @@ class SegRefinerUNetConfig:
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed in float32 whatever the activations' dtype (as the official code)."""
+    """GroupNorm computed in float32 whatever the activations' dtype (as the official code).
+
+    The affine parameters are taken in float32 too: with bf16/fp16 weights the CPU kernel refuses
+    a float32 input with low-precision parameters (the official code keeps norms in float32).
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).type(x.dtype)
+        weight, bias = self.weight.float(), self.bias.float()
+        if x.is_cpu and x.dtype in (torch.bfloat16, torch.float16):
+            # the CPU kernel takes low-precision input with float32 parameters and computes in float32
+            # itself: the same values as the float32 round trip without its two full-size copies
+            return F.group_norm(x, self.num_groups, weight, bias, self.eps)
+        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).type(x.dtype)
+
+
+class NormSiLU(nn.SiLU):
+    """The SiLU right after a GroupNorm: in place when no autograd graph is recorded.
+
+    Its input is the norm's fresh output, so overwriting it is safe, and at 256² x 128 channels a
+    new activation costs more (page faults of a 32 MiB buffer) than the SiLU itself.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.silu(x, inplace=not torch.is_grad_enabled())
 
 
 class ResBlock(nn.Module):
@@ -54,16 +74,19 @@ class ResBlock(nn.Module):
     def __init__(self, cin: int, cout: int, emb_channels: int, groups: int) -> None:
         super().__init__()
         # Indices match the checkpoint: in_layers.{0,2}, emb_layers.1, out_layers.{0,3}.
-        self.in_layers = nn.Sequential(GroupNorm32(groups, cin), nn.SiLU(), nn.Conv2d(cin, cout, 3, padding=1))
+        self.in_layers = nn.Sequential(GroupNorm32(groups, cin), NormSiLU(), nn.Conv2d(cin, cout, 3, padding=1))
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, cout))
-        self.out_layers = nn.Sequential(GroupNorm32(groups, cout), nn.SiLU(), nn.Identity(),  # dropout 0
+        self.out_layers = nn.Sequential(GroupNorm32(groups, cout), NormSiLU(), nn.Identity(),  # dropout 0
                                         nn.Conv2d(cout, cout, 3, padding=1))
         self.skip_connection = nn.Identity() if cin == cout else nn.Conv2d(cin, cout, 1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        # in-place adds on fresh conv outputs: the same sums, without two full-size allocations
         h = self.in_layers(x)
-        h = h + self.emb_layers(emb).type(h.dtype)[:, :, None, None]
-        return self.skip_connection(x) + self.out_layers(h)
+        h += self.emb_layers(emb).type(h.dtype)[:, :, None, None]
+        out = self.out_layers(h)
+        out += self.skip_connection(x)
+        return out
 
 
 class AttentionBlock(nn.Module):
@@ -82,16 +105,17 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, *spatial = x.shape
-        x = x.reshape(b, c, -1)
-        qkv = self.qkv(self.norm(x))
+        flat = x.reshape(b, c, -1)
+        qkv = self.qkv(self.norm(flat))
         qkv = qkv.reshape(b * self.num_heads, -1, qkv.shape[2])
         d = qkv.shape[1] // 3
         q, k, v = torch.split(qkv, d, dim=1)
         scale = 1 / math.sqrt(math.sqrt(d))
         weight = torch.einsum("bct,bcs->bts", q * scale, k * scale)
         weight = torch.softmax(weight.float(), dim=-1).type(weight.dtype)
-        h = torch.einsum("bts,bcs->bct", weight, v).reshape(b, -1, x.shape[-1])
-        return (x + self.proj_out(h)).reshape(b, c, *spatial)
+        h = torch.einsum("bts,bcs->bct", weight, v).reshape(b, -1, flat.shape[-1])
+        # the residual is added in x's own layout, so a channels-last input stays channels-last
+        return x + self.proj_out(h).reshape(b, c, *spatial)
 
 
 class Downsample(nn.Module):
@@ -119,6 +143,19 @@ class TimestepSequential(nn.Sequential):
         for layer in self:
             x = layer(x, emb) if isinstance(layer, ResBlock) else layer(x)
         return x
+
+
+def _cpu_layout(x: torch.Tensor) -> torch.Tensor:
+    """Low-precision CPU activations go channels-last; everything else is left as it is.
+
+    oneDNN's bf16/fp16 CPU convolutions work channels-last, so an NCHW activation is reordered in and
+    out of every one of them (a bf16 step took about 1.1x longer).  float32 stays NCHW: there the
+    channels-last GroupNorm and convolutions sum in another order (logits differ by ~1e-3), and
+    float32 is the precision checked against the official run.
+    """
+    if x.is_cpu and x.dtype in (torch.bfloat16, torch.float16):
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 class DenoiseUNet(nn.Module):
@@ -163,7 +200,7 @@ class DenoiseUNet(nn.Module):
                     layers.append(Upsample(ch))
                     ds //= 2
                 self.output_blocks.append(TimestepSequential(*layers))
-        self.out = nn.Sequential(GroupNorm32(g, ch), nn.SiLU(), nn.Conv2d(ch, cfg.out_channels, 3, padding=1))
+        self.out = nn.Sequential(GroupNorm32(g, ch), NormSiLU(), nn.Conv2d(ch, cfg.out_channels, 3, padding=1))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         m = self.config.multiple
@@ -172,7 +209,7 @@ class DenoiseUNet(nn.Module):
                              f"got {tuple(x.shape[-2:])}")
         emb = self.time_embed(t)
         hs = []
-        h = x
+        h = _cpu_layout(x)
         for block in self.input_blocks:
             h = block(h, emb)
             hs.append(h)

@@ -1,0 +1,90 @@
+"""Run the benchmarks and print one table: model, dtype, size, seconds, peak memory, ratio to a peer.
+
+    python benchmarks/summary.py                      # everything (about 15 minutes on a quiet 2-core CPU)
+    python benchmarks/summary.py --only pdfnet birefnet
+    python benchmarks/summary.py --readme             # also rewrite README.md's Performance table
+
+Each benchmark script appends its rows to one file (``--summary PATH``, see ``measure.report``);
+the official PDFNet code and ComfyUI core's BiRefNet are timed beside ours in the same run when they
+are installed: ``PDFNET_OFFICIAL_DIR`` (an export of Tennine2077/PDFNet) and ``COMFY_DIR``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README_START = "<!-- performance-table:start (benchmarks/summary.py --readme) -->"
+README_END = "<!-- performance-table:end -->"
+
+
+def _runs() -> dict[str, list[list[str]]]:
+    """Benchmark name -> the argument lists of its runs (the same CPU-sized defaults as the README)."""
+    official = os.environ.get("PDFNET_OFFICIAL_DIR")
+    comfy = os.environ.get("COMFY_DIR")
+    return {
+        "pdfnet": [["bench_pdfnet.py", "--sizes", "1024", *(["--official", official] if official else [])],
+                   ["bench_pdfnet.py", "--sizes", "1024", "--dtype", "bf16"],
+                   ["bench_pdfnet.py", "--sizes", "1024", "--pipeline", "vits"]],
+        "birefnet": [["bench_birefnet.py", "--variants", "swin_v1_l", *(["--comfy", comfy] if comfy else [])]],
+        "depth": [["bench_depth.py"]],
+        "segrefiner": [["bench_segrefiner.py", "--hr-size", "2048"]],
+        "photo": [["bench_photo.py"]],
+        "batch": [["bench_batch.py"]],
+    }
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| model | dtype | size | seconds | peak memory | compared with |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['dtype']} | {r['size']} | {r['seconds']:.1f} | {r['peak_gib']:.2f} GiB | "
+                     f"{r['versus'] or ''} |")
+    return "\n".join(lines)
+
+
+def rewrite_readme(readme: Path, text: str) -> None:
+    content = readme.read_text()
+    start, end = content.find(README_START), content.find(README_END)
+    if start < 0 or end < start:
+        raise SystemExit(f"{readme} has no {README_START} ... {README_END} block to rewrite")
+    readme.write_text(content[: start + len(README_START)] + "\n" + text + "\n" + content[end:])
+
+
+def main() -> int:
+    runs = _runs()
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", nargs="+", choices=list(runs), default=list(runs))
+    p.add_argument("--readme", action="store_true", help="rewrite the table in README.md's Performance section")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="pdfnet_summary_") as scratch:
+        rows_file = Path(scratch) / "rows.jsonl"
+        rows_file.touch()
+        failed = []
+        for name in args.only:
+            for argv in runs[name]:
+                t0 = time.perf_counter()
+                cmd = [sys.executable, str(ROOT / "benchmarks" / argv[0]), *argv[1:], "--summary", str(rows_file)]
+                print("$ " + " ".join(cmd[1:]), flush=True)
+                proc = subprocess.run(cmd, cwd=ROOT)
+                print(f"# {time.perf_counter() - t0:.0f} s", flush=True)
+                if proc.returncode:
+                    failed.append(" ".join(argv))
+        rows = [json.loads(line) for line in rows_file.read_text().splitlines() if line.strip()]
+    text = table(rows)
+    print("\n" + text)
+    if failed:
+        print("\nfailed: " + "; ".join(failed), file=sys.stderr)
+    if args.readme and rows:
+        rewrite_readme(ROOT / "README.md", text)
+        print("README.md Performance table rewritten")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

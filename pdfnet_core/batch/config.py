@@ -1,0 +1,105 @@
+"""What a batch cut-out job is: every choice the command line makes, in one typed config."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+OUTPUT_FORMATS = {"png": ".png", "webp": ".webp"}
+ENGINES = ("local", "ray")
+
+# Images above this many pixels are refused from their header, before they are decoded.
+DEFAULT_MAX_PIXELS = 100_000_000
+MAX_PIXELS_ENV = "PDFNET_MAX_PIXELS"
+
+
+class UsageError(Exception):
+    """Bad arguments or set-up, found before any work: exit status 2, one line."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Input ``index`` of ``count`` (0-based, as SLURM_ARRAY_TASK_ID and JOB_COMPLETION_INDEX)."""
+
+    index: int = 0
+    count: int = 1
+
+    @classmethod
+    def parse(cls, text: str) -> "Shard":
+        try:
+            k, n = (int(part) for part in text.split("/"))
+        except ValueError:
+            raise UsageError(f"--shard must be K/N (e.g. 0/4), got {text!r}") from None
+        if n < 1 or not 0 <= k < n:
+            raise UsageError(f"--shard {text}: need 0 <= K < N")
+        return cls(k, n)
+
+
+@dataclass(frozen=True)
+class CutoutConfig:
+    inputs: tuple[str, ...]          # local files/folders or pyarrow filesystem URIs (s3://, gs://, file://)
+    out: Path
+    recursive: bool = False
+    weights: Path | None = None
+    depth_weights: Path | None = None
+    depth_dir: Path | None = None
+    models_dir: Path | None = None
+    download: bool = False
+    size: int = 1024
+    resize: str = "squash"
+    tta: bool = False
+    quantize_depth: bool = True
+    fmt: str = "png"
+    rgba: bool = True
+    mask: bool = False
+    background: str | None = None
+    background_image: Path | None = None
+    fit: str = "cover"
+    foreground: str = "multilevel"
+    overwrite: bool = False
+    retry_failed: bool = False
+    device: str = "auto"
+    dtype: str = "fp32"
+    revision: str = "auto"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    # how the work is run (never changes an output)
+    batch_size: int = 1
+    prefetch: int = 2                # decoder threads; the writer pool has as many
+    quiet: bool = False
+    shard: Shard = Shard()
+    engine: str = "local"
+    workers: int = 1
+    gpus_per_worker: float | None = None  # None: 1 where the Ray cluster has GPUs, else 0
+    address: str | None = None
+
+    def output_kinds(self) -> list[tuple[str, str]]:
+        """(tag, suffix) of each file one input produces."""
+        kinds = []
+        if self.rgba:
+            kinds.append(("", OUTPUT_FORMATS[self.fmt]))
+        if self.mask:
+            kinds.append(("_mask", ".png"))
+        if self.background or self.background_image:
+            kinds.append(("_composite", OUTPUT_FORMATS[self.fmt]))
+        return kinds
+
+    def settings_key(self) -> str:
+        """A short hash of every setting that changes an output's pixels: an output made under
+        other settings is not done.  (The device is left out: it changes rounding, not intent.)"""
+        def ident(path: Path | None) -> str | None:
+            if path is None:
+                return None
+            try:
+                st = path.stat()
+                return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+            except OSError:
+                return str(path)
+
+        fields = {"weights": ident(self.weights), "depth_weights": ident(self.depth_weights),
+                  "depth_dir": None if self.depth_dir is None else str(self.depth_dir.resolve()),
+                  "models_dir": None if self.models_dir is None else str(self.models_dir.resolve()),
+                  "size": self.size, "resize": self.resize, "tta": self.tta, "quantize_depth": self.quantize_depth,
+                  "background": self.background, "background_image": ident(self.background_image),
+                  "fit": self.fit, "foreground": self.foreground, "dtype": self.dtype, "revision": self.revision}
+        return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]

@@ -1,0 +1,336 @@
+"""The per-image work, one set of functions for both engines: decode, infer (depth and
+segmentation of a batch of same-size images), render (foreground and composites) and store
+(encode and atomic write).  ``cut_out`` runs them in a row for one input; the local engine runs
+them on a pipeline of threads, the Ray engine in tasks and actors.  Stage times are reported
+through a ``StageTimer`` (its ``on_start`` callback shows the stage being worked on).
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+import glob
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .config import OUTPUT_FORMATS, CutoutConfig
+from ..ops.images import to_uint8
+from .imageio import read_depth, read_image, write_array
+from .jobs import IMAGE_SUFFIXES, Job, source_stat
+from .manifest import DONE, FAILED, Record, make_record, output_entries
+
+
+class StageTimer:
+    """Seconds per stage of one input (or of one batch, shared by its inputs)."""
+
+    def __init__(self, on_start: Callable[[str], None] | None = None) -> None:
+        self.seconds: dict[str, float] = {}
+        self.on_start = on_start
+        self._open: tuple[str, float] | None = None
+
+    @property
+    def current(self) -> str | None:
+        return None if self._open is None else self._open[0]
+
+    def begin(self, stage: str) -> None:
+        self.end()
+        if self.on_start is not None:
+            self.on_start(stage)
+        self._open = (stage, time.perf_counter())
+
+    def end(self) -> None:
+        if self._open is not None:
+            stage, t0 = self._open
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
+            self._open = None
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        self.begin(stage)
+        try:
+            yield
+        finally:
+            self.end()
+
+
+@dataclass
+class Models:
+    """What segments the images of a batch job: PDFNet and (unless --depth-dir) its depth model."""
+
+    pdfnet: torch.nn.Module
+    depth: torch.nn.Module | None
+
+    def segment(self, images: list[torch.Tensor], depth: list[torch.Tensor] | None, cfg: CutoutConfig,
+                progress: Callable[[int, int], None] | None = None) -> list[torch.Tensor]:
+        from .. import pipeline
+
+        return pipeline.segment(images, depth, self.pdfnet, depth_model=self.depth, size=cfg.size, resize=cfg.resize,
+                                tta=cfg.tta, quantize_depth=cfg.quantize_depth, batch_size=len(images),
+                                progress=progress)
+
+
+@dataclass
+class Decoded:
+    job: Job
+    stat: tuple[int, int] | None
+    image: torch.Tensor | None = None      # [H,W,3] float
+    depth: torch.Tensor | None = None      # [H,W] from --depth-dir
+    error: str | None = None
+    stages: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        return None if self.image is None else tuple(self.image.shape[:2])
+
+
+# --------------------------------------------------------------------------------------------
+# failures
+
+
+_OOM_TEXT = ("out of memory", "not enough memory", "can't allocate memory", "cannot allocate memory")
+
+
+def file_failure(exc: BaseException) -> str | None:
+    """The one-line reason when ``exc`` is a failure of one file (the batch goes on), else None.
+
+    Per-file: bad input (ValueError, including InputError), unreadable or unwritable files
+    (OSError), decompression bombs, and running out of memory on the CPU (MemoryError, a
+    RuntimeError "not enough memory") or the GPU (torch's OutOfMemoryError, matched by name so no
+    CUDA is needed).  Anything else is a bug and ends the run with status 3.
+    """
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or \
+            (isinstance(exc, RuntimeError) and any(t in str(exc).lower() for t in _OOM_TEXT)):
+        return f"out of memory ({type(exc).__name__}: {text}); try a smaller --size or --max-pixels, or --device cpu"
+    from PIL import Image
+
+    if isinstance(exc, (ValueError, OSError, Image.DecompressionBombError)):
+        return text
+    return None
+
+
+def release_memory() -> None:
+    """After a failed file: drop its tensors now and hand cached GPU memory back."""
+    gc.collect()
+    torch_ = sys.modules.get("torch")
+    with contextlib.suppress(Exception):
+        if torch_.cuda.is_available() and torch_.cuda.is_initialized():
+            torch_.cuda.empty_cache()
+    with contextlib.suppress(Exception):
+        if torch_.backends.mps.is_available():
+            torch_.mps.empty_cache()
+
+
+# --------------------------------------------------------------------------------------------
+# models
+
+
+def _device(name: str) -> str:
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def _resolve_weights(path: Path | None, kind: str, cfg: CutoutConfig) -> Path:
+    from ..defaults import default_model_path
+    from ..registry import family
+
+    if path is not None:
+        if not path.is_file():
+            raise FileNotFoundError(f"weights file not found: {path}")
+        return path
+    folder = None if cfg.models_dir is None else cfg.models_dir / family(kind).folder_key
+    return default_model_path(kind, folder, download=cfg.download or None)
+
+
+def load_models(cfg: CutoutConfig) -> Models:
+    """PDFNet and (unless --depth-dir) Depth-Anything-V2, each loaded once through the model cache."""
+    from ..cache import default_cache
+    from ..models.depth_anything.loader import load_depth_anything
+    from ..models.pdfnet.loader import load_pdfnet
+    from ..precision import dtype_for
+
+    device = _device(cfg.device)
+    dtype = dtype_for(cfg.dtype, "pdfnet", device)
+    cache = default_cache()
+    path = _resolve_weights(cfg.weights, "pdfnet", cfg)
+    model = cache.get_or_load(path, dtype, device, lambda: load_pdfnet(path, device=device, dtype=dtype,
+                                                                        revision=cfg.revision),
+                              tag=f"pdfnet:{cfg.revision}")
+    depth_model = None
+    if cfg.depth_dir is None:
+        depth_path = _resolve_weights(cfg.depth_weights, "depth_anything", cfg)
+        depth_dtype = dtype_for(cfg.dtype, "depth_anything", device)
+        depth_dtype = torch.float32 if depth_dtype == torch.float16 else depth_dtype
+        depth_model = cache.get_or_load(depth_path, depth_dtype, device,
+                                        lambda: load_depth_anything(depth_path, device=device, dtype=depth_dtype),
+                                        tag="depth_anything")
+    return Models(model, depth_model)
+
+
+# --------------------------------------------------------------------------------------------
+# the stages
+
+
+def _depth_file(job: Job, cfg: CutoutConfig) -> Path:
+    # depth maps are named after the source (a renamed output, see distinct_outputs, keeps it)
+    rel = Path(job.stem.parent.as_posix()) / job.source_stem
+    folder = (cfg.depth_dir / rel).parent
+    found = next((p for p in sorted(folder.glob(glob.escape(rel.name) + ".*")) if p.suffix.lower() in IMAGE_SUFFIXES),
+                 None)
+    if found is None:
+        raise ValueError(f"no depth map named {rel.name}.* in {folder}")
+    return found
+
+
+def decode(job: Job, cfg: CutoutConfig) -> Decoded:
+    """Read one input (and its --depth-dir map); a per-file failure is kept in ``error``."""
+    t0 = time.perf_counter()
+    item = Decoded(job, None)
+    try:
+        item.stat = source_stat(job.source)
+        item.image = read_image(job.source, cfg.max_pixels)
+        if cfg.depth_dir is not None:
+            path = _depth_file(job, cfg)
+            item.depth = read_depth(path, cfg.max_pixels)
+            if tuple(item.depth.shape) != tuple(item.image.shape[:2]):
+                raise ValueError(f"the depth map {path} is {item.depth.shape[0]}x{item.depth.shape[1]} but the "
+                                 f"image is {item.image.shape[0]}x{item.image.shape[1]}; a depth map must have "
+                                 "its image's size")
+    except Exception as exc:
+        reason = file_failure(exc)
+        if reason is None:
+            raise
+        item.image = item.depth = None
+        item.error = reason
+    item.stages["decode"] = time.perf_counter() - t0
+    return item
+
+
+def infer(items: Sequence[Decoded], models: Models, cfg: CutoutConfig, timer: StageTimer) -> list[torch.Tensor]:
+    """Alpha [H,W] of each of ``items`` (one size), in one ``segment`` call of ``len(items)`` images."""
+    n = len(items)
+    computes_depth = items[0].depth is None
+    depth = None if computes_depth else [item.depth for item in items]
+
+    def progress(done: int, total: int) -> None:
+        if computes_depth and done >= n and total == 2 * n and timer.current == "depth":
+            timer.begin("segmentation")
+
+    timer.begin("depth" if computes_depth else "segmentation")
+    try:
+        return models.segment([item.image for item in items], depth, cfg, progress)
+    finally:
+        timer.end()
+
+
+def render(item: Decoded, alpha: torch.Tensor, cfg: CutoutConfig, background: torch.Tensor | None,
+           timer: StageTimer) -> list[tuple[Path, np.ndarray]]:
+    """The 8-bit arrays of every output of one input, with their target paths."""
+    from ..ops.composite import composite_over_color, composite_over_image, to_rgba
+    from ..ops.foreground import estimate_foreground
+
+    job, image = item.job, item.image[None]
+    fmt = OUTPUT_FORMATS[cfg.fmt]
+    with timer("foreground"):
+        fg = image
+        if cfg.foreground != "none" and (cfg.rgba or cfg.background is not None or background is not None):
+            fg = estimate_foreground(image, alpha[None], cfg.foreground).foreground
+        arrays = []
+        if cfg.rgba:
+            arrays.append((job.target(cfg, "", fmt), to_uint8(to_rgba(fg, alpha[None])[0])))
+        if cfg.mask:
+            arrays.append((job.target(cfg, "_mask", ".png"), to_uint8(alpha[..., None])))
+        if cfg.background is not None:
+            arrays.append((job.target(cfg, "_composite", fmt),
+                           to_uint8(composite_over_color(fg, alpha[None], cfg.background)[0])))
+        elif background is not None:
+            arrays.append((job.target(cfg, "_composite", fmt),
+                           to_uint8(composite_over_image(fg, alpha[None], background[None], fit=cfg.fit)[0])))
+    return arrays
+
+
+def store(item: Decoded, arrays: list[tuple[Path, np.ndarray]], cfg: CutoutConfig,
+          stages: dict[str, float]) -> Record:
+    """Encode and write every output atomically; the manifest record of a finished input.
+
+    A per-file failure (a full disk) is a failed record; a bug propagates."""
+    t0 = time.perf_counter()
+    try:
+        paths = [write_array(arr, path) for path, arr in arrays]
+        entries = output_entries(paths, cfg.out)
+    except Exception as exc:
+        reason = file_failure(exc)
+        if reason is None:
+            raise
+        return failed_record(item, cfg, reason, stages)
+    stages = {**stages, "encode": time.perf_counter() - t0}
+    return make_record(item.job, cfg, item.stat, DONE, outputs=entries, seconds=sum(stages.values()), stages=stages)
+
+
+def failed_record(item: Decoded, cfg: CutoutConfig, reason: str, stages: dict[str, float]) -> Record:
+    return make_record(item.job, cfg, item.stat, FAILED, seconds=sum(stages.values()), error=reason, stages=stages)
+
+
+def process_batch(items: Sequence[Decoded], models: Models, cfg: CutoutConfig, background: torch.Tensor | None,
+                  on_start: Callable[[str], None] | None = None,
+                  finish: Callable[[Decoded, list[tuple[Path, np.ndarray]], dict[str, float]], object] | None = None,
+                  ) -> list:
+    """Infer and render decoded inputs of one size (batched), then ``finish`` each (default: ``store``).
+
+    A batch that fails on a per-file error is redone one input at a time, so the failure names
+    the input it belongs to.  Returns what ``finish`` returned, or failed records."""
+    finish = finish or (lambda item, arrays, stages: store(item, arrays, cfg, stages))
+    ready = [item for item in items if item.error is None]
+    results = {id(item): failed_record(item, cfg, item.error, item.stages) for item in items if item.error}
+    if ready:
+        timer = StageTimer(on_start)
+        reason = None
+        try:
+            alphas = infer(ready, models, cfg, timer)
+        except Exception as exc:
+            reason = file_failure(exc)
+            if reason is None:
+                raise
+        if reason is not None:
+            release_memory()  # after the except block, so the traceback's frames are gone too
+            if len(ready) > 1:
+                for item in ready:
+                    results[id(item)] = process_batch([item], models, cfg, background, on_start, finish)[0]
+            else:
+                results[id(ready[0])] = failed_record(ready[0], cfg, reason, {**ready[0].stages, **timer.seconds})
+        else:
+            shared = {k: v / len(ready) for k, v in timer.seconds.items()}
+            for item, alpha in zip(ready, alphas):
+                own = StageTimer(on_start)
+                stages = {**item.stages, **shared}
+                why = None
+                try:
+                    arrays = render(item, alpha, cfg, background, own)
+                except Exception as exc:
+                    why = file_failure(exc)
+                    if why is None:
+                        raise
+                if why is not None:
+                    release_memory()
+                    results[id(item)] = failed_record(item, cfg, why, {**stages, **own.seconds})
+                    continue
+                results[id(item)] = finish(item, arrays, {**stages, **own.seconds})
+    return [results[id(item)] for item in items]
+
+
+def cut_out(job: Job, models: Models, cfg: CutoutConfig, background: torch.Tensor | None = None,
+            on_start: Callable[[str], None] | None = None) -> Record:
+    """One input from file to outputs, every stage in a row (the reference the engines are held to)."""
+    if on_start is not None:
+        on_start("decode")
+    return process_batch([decode(job, cfg)], models, cfg, background, on_start)[0]

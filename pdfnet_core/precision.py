@@ -1,0 +1,55 @@
+"""Which dtype "auto" means for a model family on a device.
+
+A family lists in ``FamilySpec.auto_dtypes`` the half types it runs faster in (and with results
+close enough to fp32); "auto" takes the first of them the device computes natively, else fp32.
+* bf16 on a CPU: only where oneDNN has native bf16 kernels (AVX-512 BF16 or AMX); elsewhere torch
+  emulates it and it is slower than fp32.
+* bf16 on CUDA: where the GPU has bf16 arithmetic (Ampere and later), without emulation.
+* fp16: on CUDA from Volta on (tensor cores); never on a CPU, whose fp16 paths are slow.
+"""
+from __future__ import annotations
+
+import torch
+
+# fp16 tensor cores (Volta) and native bf16 (Ampere)
+_FP16_CAPABILITY = (7, 0)
+_BF16_CAPABILITY = (8, 0)
+
+
+def bf16_supported(device: torch.device | str) -> bool:
+    """Whether ``device`` computes bf16 natively (the kernels, not an emulation)."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.get_device_capability(device) >= _BF16_CAPABILITY
+    return False
+
+
+def fp16_supported(device: torch.device | str) -> bool:
+    """Whether ``device`` runs fp16 fast (CUDA tensor cores only)."""
+    device = torch.device(device)
+    return device.type == "cuda" and torch.cuda.is_available() \
+        and torch.cuda.get_device_capability(device) >= _FP16_CAPABILITY
+
+
+def auto_dtype(auto_dtypes: tuple[torch.dtype, ...], device: torch.device | str) -> torch.dtype:
+    """The first of a family's ``auto_dtypes`` that ``device`` runs natively, else float32."""
+    for dtype in auto_dtypes:
+        if dtype == torch.bfloat16 and bf16_supported(device):
+            return dtype
+        if dtype == torch.float16 and fp16_supported(device):
+            return dtype
+    return torch.float32
+
+
+def dtype_for(name: str, family_name: str, device: torch.device | str) -> torch.dtype:
+    """A command line's ``--dtype`` (fp32, fp16, bf16 or auto) for a family on a device."""
+    from .registry import family
+    from .weights import DTYPES
+
+    if name == "auto":
+        return auto_dtype(family(family_name).auto_dtypes, device)
+    if name not in DTYPES:
+        raise ValueError(f"--dtype must be one of auto, {', '.join(DTYPES)}, got {name!r}")
+    return DTYPES[name]
