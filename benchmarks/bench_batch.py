@@ -16,6 +16,7 @@ size and cost as the released ones, outputs meaningless).  Nothing is asserted.
 from __future__ import annotations
 
 import argparse
+import resource
 import shutil
 import sys
 import tempfile
@@ -27,6 +28,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "support")]
+
+from benchmarks.measure import report  # noqa: E402
 
 SIZES = [(600, 800), (800, 600), (512, 512), (720, 1280)]
 
@@ -70,6 +73,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--scale", type=float, default=1.0, help="photo sizes times this (0.5 for a busy CPU)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--summary", metavar="PATH", help="append the rows of benchmarks/summary.py's table here")
     args = p.parse_args()
 
     import torch
@@ -140,6 +144,9 @@ def main() -> None:
             rate = float(np.median(rates[name]))
             print(f"{name:<14}{rate:>18.2f}{rate / seq:>14.2f}  {same}/{len(reference)} PNGs byte-identical"
                   + ("" if len(got) == len(reference) else f" ({len(got)} written)"))
+            report(args.summary, f"CLI batch, {name}", args.dtype, f"{args.images} mixed photos, network {args.size}²",
+                   args.images / rate, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, f"{rate / seq:.2f}x the sequential loop's images/s, "
+                   f"{same}/{len(reference)} PNGs identical")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

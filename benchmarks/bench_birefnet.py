@@ -188,6 +188,19 @@ def _ratios(ours: list[dict], core: list[dict]) -> str:
             f" (torch {ours[0]['torch']} / {core[0]['torch']})")
 
 
+def _report(path: str | None, model: str, r: dict, core: list[dict] | None = None) -> None:
+    sys.path[:0] = [str(ROOT)]
+    from benchmarks.measure import report
+
+    label = f"BiRefNet {model}" if model in BIREFNET_MODELS else model
+    versus = ""
+    if core:
+        wall = statistics.median(r["seconds"]) / statistics.median(statistics.median(c["seconds"]) for c in core)
+        peak = r["peak_gib"] / statistics.median(c["peak_gib"] for c in core)
+        versus = f"{wall:.2f}x ComfyUI core's time, {peak:.2f}x its peak"
+    report(path, label, r["dtype"], f"{r['size']}² {r['device']}", statistics.median(r["seconds"]), r["peak_gib"], versus)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[1024])
@@ -203,6 +216,7 @@ def main() -> None:
                    help="the interpreter of that ComfyUI (default: $COMFY_PYTHON, else this one)")
     p.add_argument("--rounds", type=int, default=1, help="with --comfy: alternating ours/core runs")
     p.add_argument("--deform-conv", action="store_true", help="time the deformable-convolution backends alone")
+    p.add_argument("--summary", metavar="PATH", help="append the rows of benchmarks/summary.py's table here")
     p.add_argument("--weights", help=argparse.SUPPRESS)
     p.add_argument("--patch-order", help=argparse.SUPPRESS)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -233,7 +247,9 @@ def main() -> None:
             against_core = args.comfy is not None and model == "swin_v1_l"
             for size in args.sizes:
                 if not against_core:
-                    _run(model, size, args, extra)
+                    r = _run(model, size, args, extra)
+                    if r is not None:
+                        _report(args.summary, model, r)
                     continue
                 ours, core = [], []
                 for _ in range(max(1, args.rounds)):
@@ -243,6 +259,7 @@ def main() -> None:
                             rows.append(r)
                 if ours and core:
                     print(f"{'':>15} {size:>6} {_ratios(ours, core)}", flush=True)
+                    _report(args.summary, model, ours[0], core)
             if model in BIREFNET_MODELS:   # the Swin-L file is ~0.9 GB: free the disk before the next model
                 Path(extra[1]).unlink()
     finally:

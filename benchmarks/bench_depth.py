@@ -105,12 +105,16 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="timed runs after the first")
     ap.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--summary", metavar="PATH", help="append the rows of benchmarks/summary.py's table here")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     if args.child:
         print(json.dumps(run_case(args.variants[0], args.size, args.repeat, args.dtype, args.threads)))
         return
+
+    sys.path[:0] = [str(ROOT)]
+    from benchmarks.measure import report
 
     print(f"Depth-Anything-V2, one {args.size}x{args.size} image, {args.dtype}, CPU "
           f"({os.cpu_count()} cores), synthetic weights")
@@ -134,6 +138,9 @@ def main() -> None:
         print(f"{variant:8} {'x'.join(map(str, r['network'])):>9} {r['first_s']:8.2f} {r['best_s']:8.2f} {r['median_s']:9.2f} "
               f"{fmt(r['weights_mib']):>7} {fmt(r['rss_base_mib']):>6} {fmt(r['rss_ready_mib']):>7} "
               f"{peak_infer:>16} {fmt(r['peak_process_mib']):>10}")
+        peak = r["peak_inference_mib"] if r["peak_inference_mib"] is not None else r["peak_process_mib"]
+        report(args.summary, f"Depth-Anything-V2 {variant}", args.dtype,
+               f"{args.size}² image ({'x'.join(map(str, r['network']))} network)", r["median_s"], peak / 1024)
 
 
 if __name__ == "__main__":

@@ -109,6 +109,7 @@ def main() -> None:
     p.add_argument("--official", metavar="DIR", help="also time the official code exported in DIR (fp32)")
     p.add_argument("--rounds", type=int, default=1,
                    help="alternating runs of every configuration (medians are printed)")
+    p.add_argument("--summary", metavar="PATH", help="append the rows of benchmarks/summary.py's table here")
     p.add_argument("--depth-weights", help=argparse.SUPPRESS)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--official-child", action="store_true", help=argparse.SUPPRESS)
@@ -163,6 +164,8 @@ def _row(who: str, r: dict, sec: float) -> str:
 
 
 def _run_sizes(args: argparse.Namespace, weights: str, depth_weights: str | None) -> None:
+    from benchmarks.measure import report
+
     print(f"{'size':>6} {'code':>10} {'dtype':>5} {'device':>6} {'seconds':>9} {'before GiB':>11} {'peak GiB':>9} "
           f"{'forward GiB':>12} {'CPU s':>8}")
     common = ["--device", args.device, "--repeats", str(args.repeats), "--threads", str(args.threads),
@@ -187,10 +190,16 @@ def _run_sizes(args: argparse.Namespace, weights: str, depth_weights: str | None
         cpu = {who: statistics.median(r["cpu_seconds"] for r in rs) for who, rs in runs.items() if rs}
         peak = {who: statistics.median(r["peak_gib"] for r in rs) for who, rs in runs.items() if rs}
         for who in sec:
+            versus = ""
             if who != "official" and "official" in sec:
                 print(f"{size:>6} {who} / official fp32: {sec[who] / sec['official']:.2f}x time "
                       f"({sec[who]:.2f} s / {sec['official']:.2f} s), {cpu[who] / cpu['official']:.2f}x CPU time, "
                       f"{peak[who] / peak['official']:.2f}x peak RSS ({peak[who]:.2f} / {peak['official']:.2f} GiB)")
+                versus = f"{sec[who] / sec['official']:.2f}x the official time, {peak[who] / peak['official']:.2f}x its peak"
+            model = "PDFNet (official code)" if who == "official" else \
+                f"PDFNet{' + Depth-Anything-V2 ' + args.pipeline + ' via segment()' if args.pipeline else ''}"
+            report(args.summary, model, who.split()[-1] if who != "official" else "fp32", f"{size}² {args.device}",
+                   sec[who], peak[who], versus)
         if args.pipeline:
             print(f"{size:>6} (segment() with {args.pipeline})")
 

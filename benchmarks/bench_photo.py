@@ -174,6 +174,7 @@ def main() -> None:
     p.add_argument("--foreground", default="multilevel", choices=["multilevel", "blur_fusion", "none"])
     p.add_argument("--stages", action="store_true", help="also run the per-stage breakdown")
     p.add_argument("--keep", help="write the scratch files here and keep them")
+    p.add_argument("--summary", metavar="PATH", help="append the rows of benchmarks/summary.py's table here")
     p.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -189,6 +190,11 @@ def main() -> None:
         print(f"photo {width}x{height} ({photo.stat().st_size / 2**20:.1f} MiB JPEG), foreground {args.foreground}")
         r = run_cli(photo, weights, depth, scratch / "out", args.foreground)
         print(f"cli cutout: status {r['status']}, wall {r['wall_s']:.1f} s, peak RSS {r['peak_gib']:.2f} GiB")
+        if not r["status"]:
+            from benchmarks.measure import report
+
+            report(args.summary, f"CLI cutout (depth, PDFNet, foreground {args.foreground}, RGBA)", "fp32",
+                   f"{width}x{height} photo", r["wall_s"], r["peak_gib"])
         if r["status"]:
             print("\n".join(r["output"]))
         if args.stages:

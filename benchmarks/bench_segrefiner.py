@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import resource
 import statistics
 import sys
 import time
@@ -60,6 +61,7 @@ def main(argv=None) -> int:
     p.add_argument("--patch-dtype", choices=["model", "fp32", "fp16", "bf16"], default="model",
                    help="precision of the HR patch pass (HRConfig.patch_dtype); model: the model's own")
     p.add_argument("--skip-hr", action="store_true", help="only time the UNet step")
+    p.add_argument("--summary", metavar="PATH", help="append the rows of benchmarks/summary.py's table here")
     p.add_argument("--estimate", action="store_true",
                    help="HR: time the global pass and count the patches; estimate the patch pass from the step")
     args = p.parse_args(argv)
@@ -134,6 +136,11 @@ def main(argv=None) -> int:
     print(f"HR refinement {args.size}x{args.size}: {total:.2f} s (5 global steps + {patches} patches of "
           f"{int(trace.get('nms_boxes', torch.zeros(0, 4)).shape[0])} NMS boxes); "
           f"{int((out != coarse).sum())} pixels changed")
+    from benchmarks.measure import report
+
+    patch = "" if args.patch_dtype == "model" else f", patches {args.patch_dtype}"
+    report(args.summary, f"SegRefiner HR (width {args.width})", args.dtype + patch, f"{args.size}² mask {args.device}",
+           total, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
     return 0
 
 

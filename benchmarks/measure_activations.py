@@ -22,11 +22,12 @@ ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT.parent / "shared" / "reference"
 
 # family -> variant -> (square sides at which to measure, images per pass).  The sides are those the
-# nodes and the CLI use: segmenters at 512/1024/2048 (1024 is the default), Depth-Anything-V2 at its
-# 518 default and twice that, SegRefiner's UNet at its 256² patches in a batch of 8.
+# nodes and the CLI use: segmenters at 512 and 1024 (the default), Depth-Anything-V2 at its
+# 518 default and twice that, SegRefiner's UNet at its 256² patches in a batch of 8.  Larger sides follow
+# the slope of the last two points (MeasuredActivation).
 POINTS: dict[str, dict[str | None, tuple[tuple[int, ...], int]]] = {
-    "pdfnet": {None: ((512, 1024, 2048), 1)},
-    "birefnet": {"swin_v1_t": ((512, 1024, 2048), 1), "swin_v1_l": ((512, 1024, 2048), 1)},
+    "pdfnet": {None: ((512, 1024), 1)},
+    "birefnet": {"swin_v1_t": ((512, 1024), 1), "swin_v1_l": ((512, 1024), 1)},
     "depth_anything": {"vits": ((518, 1036), 1), "vitb": ((518, 1036), 1), "vitl": ((518, 1036), 1)},
     "segrefiner": {None: ((256,), 8)},
 }

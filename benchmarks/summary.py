@@ -32,11 +32,12 @@ def _runs() -> dict[str, list[list[str]]]:
         "pdfnet": [["bench_pdfnet.py", "--sizes", "1024", *(["--official", official] if official else [])],
                    ["bench_pdfnet.py", "--sizes", "1024", "--dtype", "bf16"],
                    ["bench_pdfnet.py", "--sizes", "1024", "--pipeline", "vits"]],
-        "birefnet": [["bench_birefnet.py", "--variants", "swin_v1_l", *(["--comfy", comfy] if comfy else [])]],
-        "depth": [["bench_depth.py"]],
-        "segrefiner": [["bench_segrefiner.py", "--hr-size", "2048"]],
+        "birefnet": [["bench_birefnet.py", "--models", "swin_v1_l", *(["--comfy", comfy] if comfy else [])]],
+        "depth": [["bench_depth.py", "--repeat", "2"]],
+        "segrefiner": [["bench_segrefiner.py", "--size", "2048", "--repeats", "1"]],
+        "segrefiner-bf16": [["bench_segrefiner.py", "--size", "2048", "--repeats", "1", "--patch-dtype", "bf16"]],
         "photo": [["bench_photo.py"]],
-        "batch": [["bench_batch.py"]],
+        "batch": [["bench_batch.py", "--rounds", "1"]],
     }
 
 

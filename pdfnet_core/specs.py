@@ -136,6 +136,11 @@ SegmentFn = Callable[[nn.Module, torch.Tensor, "torch.Tensor | None"], torch.Ten
 ActivationFn = Callable[[int, int, "str | None"], float]
 
 
+# How the activation tables of the family specs were made (rerun the script after changing a model).
+HOW_MEASURED = ("benchmarks/measure_activations.py: peak RSS minus RSS before one fp32 forward pass on "
+                "the CPU, torch 2.14.1, 2026-12-02")
+
+
 @dataclass(frozen=True, eq=False)
 class MeasuredActivation:
     """An ``ActivationFn`` read off measurements: MiB per image in fp32 at square network sides.

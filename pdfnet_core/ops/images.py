@@ -180,7 +180,8 @@ def to_mask_list(masks: Any, name: str = "depth") -> list[torch.Tensor]:
 
         if not isinstance(masks, Image.Image):
             raise TypeError(f"{name}: unsupported type {type(masks).__name__}")
-        arr = np.asarray(masks.convert("F") if masks.mode not in ("I;16", "I") else masks, dtype=np.float32)
+        # np.array, not asarray: PIL's buffer is read-only, and torch must own a writable one
+        arr = np.array(masks.convert("F") if masks.mode not in ("I;16", "I") else masks, dtype=np.float32)
         out = [torch.from_numpy(arr)]
     for i, m in enumerate(out):
         if not torch.isfinite(m).all():

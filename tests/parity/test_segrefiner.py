@@ -23,7 +23,7 @@ from pdfnet_core.models.segrefiner.loader import load_segrefiner
 from pdfnet_core.models.segrefiner.modes import (LRConfig, HRConfig, candidate_boxes, greedy_nms,
                                           merge_patches, mixed_boxes, patch_boxes)
 from pdfnet_core.weights import CheckpointError
-from synthetic_segrefiner import synthetic_state_dict
+from synthetic_segrefiner import disc_scene, synthetic_state_dict
 
 LOGIT_TOL = 2e-4
 FINE_TOL = 2e-5
@@ -318,16 +318,8 @@ def small(narrow) -> SegRefiner:
     return model
 
 
-def _scene(h=96, w=128):
-    yy, xx = np.mgrid[:h, :w]
-    disc = ((yy - h / 2) ** 2 + (xx - w / 2) ** 2 < (h / 3) ** 2)
-    image = np.where(disc[..., None], [200, 60, 40], [30, 90, 160]).astype(np.uint8)
-    coarse = ((np.abs(yy - h / 2) < h / 3) & (np.abs(xx - w / 2) < h / 3)).astype(np.uint8)
-    return image, coarse
-
-
 def test_seed_reproducible_output_binary_and_same_size(small):
-    image, coarse = _scene()
+    image, coarse = disc_scene()
     a = small.refine(image, coarse[None], "lr", seed=1)
     b = small.refine(image, coarse[None], "lr", seed=1)
     c = small.refine(image, coarse[None], "lr", seed=2)
@@ -338,7 +330,7 @@ def test_seed_reproducible_output_binary_and_same_size(small):
 
 
 def test_non_binary_masks_are_thresholded_at_half(small):
-    image, coarse = _scene()
+    image, coarse = disc_scene()
     soft = np.where(coarse == 1, 0.6, 0.4).astype(np.float32)
     grey = (coarse * 255).astype(np.uint8)
     ref = small.refine(image, coarse, "hr", seed=3)
@@ -347,7 +339,7 @@ def test_non_binary_masks_are_thresholded_at_half(small):
 
 
 def test_empty_and_full_masks_come_back_unchanged(small):
-    image, coarse = _scene()
+    image, coarse = disc_scene()
     for mask in (np.zeros_like(coarse), np.ones_like(coarse)):
         assert np.array_equal(small.refine(image, mask, "hr", seed=0), mask)
         assert np.array_equal(small.refine(image, mask[None], "lr", seed=0), mask[None])
@@ -357,7 +349,7 @@ def test_empty_and_full_masks_come_back_unchanged(small):
 
 
 def test_bad_input_is_refused_clearly(small):
-    image, coarse = _scene()
+    image, coarse = disc_scene()
     with pytest.raises(ValueError, match="coarse mask is"):
         small.refine(image, coarse[:-1], "hr")
     with pytest.raises(ValueError, match="unknown SegRefiner mode"):
@@ -369,7 +361,7 @@ def test_bad_input_is_refused_clearly(small):
 
 
 def test_refine_mask_for_comfy(small):
-    image, coarse = _scene()
+    image, coarse = disc_scene()
     image_f = torch.from_numpy(image).float() / 255
     out = refine_with_segrefiner(small, image_f, torch.from_numpy(coarse).float(), "hr", seed=4)
     assert out.dtype == torch.float32 and out.shape == coarse.shape

@@ -9,6 +9,7 @@ import math
 import zlib
 from pathlib import Path
 
+import numpy as np
 import torch
 
 _SOBEL_X = [[[[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]]]
@@ -39,3 +40,12 @@ def synthetic_state_dict(reference_dir: Path, narrow: bool = True, seed: int = 0
     name = "keys_narrow.json" if narrow else "keys.json"
     keys = json.loads((Path(reference_dir) / "segrefiner" / name).read_text())
     return {k: synthetic_tensor(k, v["shape"], seed) for k, v in keys.items()}
+
+
+def disc_scene(h: int = 96, w: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """A red disc on blue (uint8 RGB) and a coarse square mask around it: a refinement has edges to fix."""
+    yy, xx = np.mgrid[:h, :w]
+    disc = ((yy - h / 2) ** 2 + (xx - w / 2) ** 2 < (h / 3) ** 2)
+    image = np.where(disc[..., None], [200, 60, 40], [30, 90, 160]).astype(np.uint8)
+    coarse = ((np.abs(yy - h / 2) < h / 3) & (np.abs(xx - w / 2) < h / 3)).astype(np.uint8)
+    return image, coarse

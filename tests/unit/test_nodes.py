@@ -18,6 +18,7 @@ import pytest
 import torch
 from torch import nn
 
+import pdfnet_core
 from nodes import batches as ad
 from nodes import model_files as mf
 from pdfnet_core import WEIGHT_SUFFIXES, LoadedModel, RefineConfig, SegmentOptions, family, refine_mask, segment
@@ -441,7 +442,6 @@ def test_download_goes_to_the_first_folder(comfy, monkeypatch, tmp_path):
 
 
 def test_auto_dtype_follows_comfy_on_a_gpu_and_pdfnet_core_on_a_cpu(comfy):
-    import pdfnet_core
     from nodes import host as cm
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)   # no CUDA needed: ComfyUI's answer is faked
@@ -475,12 +475,14 @@ def test_loaders_share_one_model_and_log_its_device_once(comfy, monkeypatch, tmp
         return FakePDFNet().to(dtype)
     spec = dataclasses.replace(PDFNET_SPEC, load=fake_load)
     monkeypatch.setattr(mf, "family", lambda name: spec)
+    auto = pdfnet_core.auto_dtype(spec.auto_dtypes, torch.device("cpu"))   # bf16 on a CPU with native kernels
     with caplog.at_level(logging.INFO, logger="pdfnet_core"):
         a = mf.load_model("pdfnet", "net.pth", "auto")
-        b = mf.load_model("pdfnet", "net.pth", "fp32")   # auto is fp32 here: the same model
+        b = mf.load_model("pdfnet", "net.pth", {v: k for k, v in pdfnet_core.DTYPES.items()}[auto])   # the same model
     assert a.module is b.module and a.spec is spec and len(built) == 1
     assert [r.getMessage() for r in caplog.records if "runs on" in r.getMessage()] == [
-        "PDFNet pack: PDFNet from net.pth runs on cpu in float32 (parked on cpu when ComfyUI offloads it)"]
+        f"PDFNet pack: PDFNet from net.pth runs on cpu in {str(auto).split('.')[-1]} "
+        "(parked on cpu when ComfyUI offloads it)"]
     assert comfy.cache.stats().loads == 1 and comfy.cache.stats().hits == 1
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,7 +17,7 @@ from pdfnet_core.models.segrefiner.loader import load_segrefiner
 from pdfnet_core.models.segrefiner.modes import HRConfig, local_logits
 from pdfnet_core.models.segrefiner.refiner import SegRefiner
 from pdfnet_core.models.segrefiner.unet import GroupNorm32
-from synthetic_segrefiner import synthetic_state_dict
+from synthetic_segrefiner import disc_scene, synthetic_state_dict
 
 
 @pytest.fixture(scope="module")
@@ -111,18 +110,10 @@ def test_unet_in_converts_a_twin_and_leaves_the_model_alone(fp32):
     assert low.dtype == torch.float32 and 0 < (low - own).abs().max() <= 0.5
 
 
-def _scene(h=96, w=128):
-    yy, xx = np.mgrid[:h, :w]
-    disc = ((yy - h / 2) ** 2 + (xx - w / 2) ** 2 < (h / 3) ** 2)
-    image = np.where(disc[..., None], [200, 60, 40], [30, 90, 160]).astype(np.uint8)
-    coarse = ((np.abs(yy - h / 2) < h / 3) & (np.abs(xx - w / 2) < h / 3)).astype(np.uint8)
-    return image, coarse
-
-
 def test_hr_bf16_patches_keep_the_global_pass_and_agree(fp32):
     model = copy.deepcopy(fp32)
     model.hr_config = dataclasses.replace(HRConfig(), model_size=32)
-    image, coarse = _scene(64, 96)
+    image, coarse = disc_scene(64, 96)
     exact: dict = {}
     ref = model.refine(image, coarse, "hr", seed=5, trace=exact)
     model.hr_config = dataclasses.replace(model.hr_config, patch_dtype=torch.bfloat16)

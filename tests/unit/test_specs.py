@@ -9,7 +9,7 @@ from torch import nn
 
 import pdfnet_core
 from pdfnet_core import registry
-from pdfnet_core.specs import FamilySpec, LoadedModel
+from pdfnet_core.specs import FamilySpec, LoadedModel, MeasuredActivation
 
 GiB = 1 << 30
 
@@ -60,25 +60,43 @@ def test_birefnet_patch_order_option_resolves_auto_from_the_registry():
         option.value("newest", "BiRefNet.safetensors")
 
 
+def test_activation_estimates_are_the_measured_tables():
+    for spec in registry.FAMILIES.values():
+        assert isinstance(spec.activation, MeasuredActivation) and "measure_activations" in spec.activation.how
+        for variant, table in spec.activation.mib.items():
+            for side, mib in table.items():
+                assert spec.activation_bytes(side, 1, torch.float32, variant) == pytest.approx(mib * 2**20, rel=1e-6)
+
+
 def test_pdfnet_activation_estimate_scales_with_pixels_batch_and_dtype():
     spec = registry.family("pdfnet")
+    table = spec.activation.mib[None]
     base = spec.activation_bytes(1024, 1, torch.float32)
-    assert abs(base - 1.1 * GiB) < 0.01 * GiB
-    assert spec.activation_bytes(2048, 1, torch.float32) == pytest.approx(4 * base, rel=1e-6)
+    # beyond the largest measured side: the slope of the last two points
+    slope = (table[1024] - table[512]) / (1024**2 - 512**2)
+    assert spec.activation_bytes(2048, 1, torch.float32) == pytest.approx((table[1024] + slope * 3 * 1024**2) * 2**20)
     assert spec.activation_bytes((512, 2048), 1, torch.float32) == pytest.approx(base, rel=1e-6)
     assert spec.activation_bytes(1024, 3, torch.float32) == pytest.approx(3 * base, rel=1e-6)
     assert spec.activation_bytes(1024, 1, "fp16") == pytest.approx(base / 2, rel=1e-6)
+    assert 0 < spec.activation_bytes(256, 1, torch.float32) < spec.activation_bytes(512, 1, torch.float32)
     with pytest.raises(ValueError, match="positive"):
         spec.activation_bytes(0)
+
+
+def test_measured_activation_interpolates_in_pixels_and_covers_unmeasured_variants():
+    m = MeasuredActivation({"a": {100: 10.0, 200: 40.0}, "b": {100: 20.0, 200: 50.0}}, "test")
+    mib = lambda side, variant: m(side, side, variant) * 4 / 2**20  # noqa: E731
+    assert mib(100, "a") == pytest.approx(10) and mib(50, "a") == pytest.approx(2.5)       # through zero
+    assert mib(150, "a") == pytest.approx(10 + 30 * (150**2 - 100**2) / (200**2 - 100**2))
+    assert mib(400, "a") == pytest.approx(40 + 30 * (400**2 - 200**2) / (200**2 - 100**2))  # last slope
+    assert mib(100, "c") == pytest.approx(20) and mib(100, None) == pytest.approx(20)          # the largest
 
 
 def test_depth_anything_activation_estimate_grows_with_the_variant():
     spec = registry.family("depth_anything")
     sizes = [spec.activation_bytes(518, 1, "fp32", variant=v) for v in ("vits", "vitb", "vitl")]
     assert sizes == sorted(sizes) and 50 * 2**20 < sizes[0] < sizes[-1] < 4 * GiB
-    assert spec.activation_bytes(1036, 1, "fp32", variant="vits") > 4 * sizes[0]
-    with pytest.raises(ValueError, match="variant"):
-        spec.activation_bytes(518, 1, "fp32")
+    assert spec.activation_bytes(1036, 1, "fp32", variant="vits") > 2 * sizes[0]
     with pytest.raises(ValueError, match="unknown model family"):
         registry.family("unet")
 

@@ -1,11 +1,10 @@
 """The BiRefNet family as the other layers see it."""
 from __future__ import annotations
 
-from ...specs import FamilySpec, Fingerprint, InputContract, LoaderOption, ModelEntry
+from ...specs import HOW_MEASURED, FamilySpec, Fingerprint, InputContract, LoaderOption, MeasuredActivation, ModelEntry
 from .loader import load_birefnet, resolve_patch_order
 from .net import PATCH_ORDERS, SIZE_MULTIPLE, VARIANTS, BiRefNet
 
-GiB = 1 << 30
 _LICENCE = "MIT (ZhengPeng7/BiRefNet code and model cards)"
 
 # Every ZhengPeng7 repository holds its weights as ``model.safetensors``; the local name is the
@@ -51,14 +50,6 @@ for _entry in FILES:
         raise ValueError(f"registry entry {_entry.filename!r}: unknown patch order {_entry.patch_order!r}")
 
 
-def _activation(h: int, w: int, variant: str | None) -> float:
-    # NOT measured: a deliberately generous guess (its decoder keeps full-resolution multi-channel
-    # maps and the patch-stacked input, so more than PDFNet): 2 GiB of fp32 activations per
-    # 1024x1024 image for Swin-L, 1.5 GiB for Swin-T, growing with the pixel count.
-    gib = 1.5 if variant == "swin_v1_t" else 2.0
-    return gib * GiB / 4 * (h * w) / (1024 * 1024)
-
-
 def _describe(model: BiRefNet) -> str:
     return f"BiRefNet {model.config.name} ({model.patch_order} patch order)"
 
@@ -71,7 +62,9 @@ SPEC = FamilySpec(
     load=load_birefnet,
     fingerprints=(Fingerprint("birefnet", "a BiRefNet checkpoint (Swin backbone 'bb.' + decoder)",
                               ("bb.patch_embed.", "decoder.")),),
-    activation=_activation,
+    # measured for Swin-T and Swin-L; the other backbones take the larger of the two
+    activation=MeasuredActivation({"swin_v1_t": {512: 264, 1024: 751}, "swin_v1_l": {512: 308, 1024: 1023}},
+                                  HOW_MEASURED),
     inputs=InputContract(size_multiple=SIZE_MULTIPLE),
     files=FILES,
     variants=tuple(VARIANTS),

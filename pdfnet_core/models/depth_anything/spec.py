@@ -1,9 +1,7 @@
 """The Depth-Anything-V2 family as the other layers see it."""
 from __future__ import annotations
 
-import math
-
-from ...specs import FamilySpec, Fingerprint, InputContract, ModelEntry
+from ...specs import HOW_MEASURED, FamilySpec, Fingerprint, InputContract, MeasuredActivation, ModelEntry
 from .loader import load_depth_anything
 from .net import CONFIGS, PATCH_SIZE, DepthAnythingV2
 
@@ -27,19 +25,6 @@ def _files() -> tuple[ModelEntry, ...]:
     return tuple(entries)
 
 
-def _activation(h: int, w: int, variant: str | None) -> float:
-    if variant not in CONFIGS:
-        raise ValueError(f"Depth-Anything variant {variant!r} unknown; pass one of {', '.join(CONFIGS)}")
-    c = CONFIGS[variant]
-    gh, gw = math.ceil(h / PATCH_SIZE), math.ceil(w / PATCH_SIZE)
-    tokens = gh * gw + 1
-    attention = 2 * c.num_heads * tokens * tokens        # scores + softmax of one block, if materialised
-    tokens_held = 12 * c.embed_dim * tokens              # 4 tapped outputs, MLP hidden (4D), residuals
-    dpt_fusion = 4 * c.features * (8 * gh) * (8 * gw)    # fusion maps up to 8x the patch grid
-    head = (c.features // 2 + 64) * (PATCH_SIZE * gh) * (PATCH_SIZE * gw)  # head features at full size
-    return attention + tokens_held + dpt_fusion + head
-
-
 SPEC = FamilySpec(
     name="depth_anything",
     label="Depth-Anything-V2",
@@ -53,7 +38,8 @@ SPEC = FamilySpec(
         Fingerprint("depth_anything_hf", "a Depth-Anything-V2 checkpoint (transformers layout)",
                     ("backbone.embeddings.", "neck.", "head.")),
     ),
-    activation=_activation,
+    activation=MeasuredActivation({"vits": {518: 189, 1036: 690}, "vitb": {518: 251, 1036: 1040},
+                                   "vitl": {518: 407, 1036: 1740}}, HOW_MEASURED),
     inputs=InputContract(size_multiple=PATCH_SIZE),
     files=_files(),
     # Small: the only size under a permissive licence (Apache-2.0); see README.

@@ -1,11 +1,10 @@
 """The PDFNet family as the other layers see it."""
 from __future__ import annotations
 
-from ...specs import FamilySpec, Fingerprint, InputContract, LoaderOption, ModelEntry
+from ...specs import HOW_MEASURED, FamilySpec, Fingerprint, InputContract, LoaderOption, MeasuredActivation, ModelEntry
 from .loader import load_pdfnet
 from .net import REVISIONS, SIZE_MULTIPLE, PDFNet
 
-GiB = 1 << 30
 # Code repository Tennine2077/PDFNet is MIT; the weights have no separate licence we have verified.
 _LICENCE = "MIT (code repository Tennine2077/PDFNet; check the model card for the weights)"
 
@@ -29,12 +28,6 @@ for _entry in FILES:
         raise ValueError(f"registry entry {_entry.filename!r}: unknown PDFNet revision {_entry.pdfnet_revision!r}")
 
 
-def _activation(h: int, w: int, variant: str | None) -> float:
-    # About 1.1 GiB of fp32 activations for one 1024x1024 image, growing with the pixel count (the
-    # attention runs without materialising its matrix, the tail is streamed).
-    return 1.1 * GiB / 4 * (h * w) / (1024 * 1024)
-
-
 SPEC = FamilySpec(
     name="pdfnet",
     label="PDFNet",
@@ -43,7 +36,7 @@ SPEC = FamilySpec(
     load=load_pdfnet,
     fingerprints=(Fingerprint("pdfnet", "a PDFNet checkpoint (Swin-B encoder + FSE decoder)",
                               ("encoder.absolute_pos_embed", "decoder.FSE_mix.")),),
-    activation=_activation,
+    activation=MeasuredActivation({None: {512: 306, 1024: 725}}, HOW_MEASURED),
     inputs=InputContract(size_multiple=SIZE_MULTIPLE, needs_depth=True),
     files=FILES,
     default_file="PDFNet_Best.pth",

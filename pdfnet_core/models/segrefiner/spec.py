@@ -1,10 +1,9 @@
 """The SegRefiner family as the other layers see it."""
 from __future__ import annotations
 
-from ...specs import FamilySpec, Fingerprint, InputContract, ModelEntry
+from ...specs import HOW_MEASURED, FamilySpec, Fingerprint, InputContract, MeasuredActivation, ModelEntry
 from .loader import load_segrefiner
 from .refiner import MEAN, STD, SegRefiner
-from .unet import SegRefinerUNetConfig
 
 # MengyuWang826/SegRefiner (NeurIPS 2023) publishes its two checkpoints only as Google Drive links
 # (no hub mirror), so these entries are manual-download only.  Sizes and hashes are not published.
@@ -20,12 +19,6 @@ FILES = (
 )
 
 
-def _activation(h: int, w: int, variant: str | None) -> float:
-    # NOT measured: the official width-128 UNet at one 256x256 sample is taken to hold about 12
-    # full-resolution 128-channel maps at its peak (skips + the res-block being computed).
-    return 12 * SegRefinerUNetConfig.model_channels * h * w
-
-
 SPEC = FamilySpec(
     name="segrefiner",
     label="SegRefiner",
@@ -34,7 +27,8 @@ SPEC = FamilySpec(
     load=load_segrefiner,
     fingerprints=(Fingerprint("segrefiner", "a SegRefiner checkpoint (diffusion UNet 'denoise_model.')",
                               ("denoise_model.",)),),
-    activation=_activation,
+    # per 256² sample, measured in a batch of 8 (its HR patches run in batches of up to 32)
+    activation=MeasuredActivation({None: {256: 338}}, HOW_MEASURED),
     inputs=InputContract(mean=MEAN, std=STD),
     files=FILES,
     describe=lambda model: f"SegRefiner (UNet width {model.config.model_channels})",
