@@ -29,15 +29,16 @@ def _runs() -> dict[str, list[list[str]]]:
     official = os.environ.get("PDFNET_OFFICIAL_DIR")
     comfy = os.environ.get("COMFY_DIR")
     return {
-        "pdfnet": [["bench_pdfnet.py", "--sizes", "1024", *(["--official", official] if official else [])],
-                   ["bench_pdfnet.py", "--sizes", "1024", "--dtype", "bf16"],
+        "pdfnet": [["bench_pdfnet.py", "--sizes", "1024", "--dtype", "fp32", "bf16",
+                    *(["--official", official] if official else [])],
                    ["bench_pdfnet.py", "--sizes", "1024", "--pipeline", "vits"]],
         "birefnet": [["bench_birefnet.py", "--models", "swin_v1_l", *(["--comfy", comfy] if comfy else [])]],
         "depth": [["bench_depth.py", "--repeat", "2"]],
         "segrefiner": [["bench_segrefiner.py", "--size", "2048", "--repeats", "1"]],
         "segrefiner-bf16": [["bench_segrefiner.py", "--size", "2048", "--repeats", "1", "--patch-dtype", "bf16"]],
         "photo": [["bench_photo.py"]],
-        "batch": [["bench_batch.py", "--rounds", "1"]],
+        # 24 photos of mixed sizes (a quarter of their full size keeps a CPU run to minutes)
+        "batch": [["bench_batch.py", "--rounds", "1", "--scale", "0.25"]],
     }
 
 

@@ -130,7 +130,8 @@ def release_memory() -> None:
 # models
 
 
-def _device(name: str) -> str:
+def resolve_device(name: str) -> str:
+    """--device: 'auto' is CUDA, else MPS, else the CPU."""
     if name != "auto":
         return name
     if torch.cuda.is_available():
@@ -159,7 +160,7 @@ def load_models(cfg: CutoutConfig) -> Models:
     from ..models.pdfnet.loader import load_pdfnet
     from ..precision import dtype_for
 
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     dtype = dtype_for(cfg.dtype, "pdfnet", device)
     cache = default_cache()
     path = _resolve_weights(cfg.weights, "pdfnet", cfg)
