@@ -10,7 +10,7 @@ How "a second run loads no model" is proven: in the node path a model is read fr
 the loader callable that pdfnet_core's cache runs on a miss (nodes/host.load_model), and it
 logs exactly one "PDFNet pack: ... runs on ..." line per call.  The server log is ComfyUI's own
 console output, so counting those lines before and after a run counts disk loads, with no debug
-hook in the pack.  The forced re-run changes the loaders' dtype widget (auto -> fp32, the same
+hook in the pack.  The forced re-run changes the loaders' dtype widget (auto -> what auto means here, the same
 model on a CPU) so ComfyUI really executes the loader nodes again (checked in the websocket
 'executing' messages) and the only thing that can avoid a reload is the shared cache.
 """
@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import torch
 
-from comfy_support import (COMFY_DIR, PACK_NAME, RESOLUTION, SIZE, Env, import_harness, make_server,
+from comfy_support import (COMFY_DIR, auto_dtype_of, auto_name, PACK_NAME, RESOLUTION, SIZE, Env, import_harness, make_server,
                            workflow)
 
 pytestmark = pytest.mark.comfy
@@ -112,8 +112,8 @@ def expected(env):
     from pdfnet_core import depth_prior, estimate_depth, load_depth_anything, load_pdfnet, segment
     from pdfnet_core.depth import normalize_depth
 
-    model = load_pdfnet(env.pdfnet)
-    dam = load_depth_anything(env.dam)
+    model = load_pdfnet(env.pdfnet, dtype=auto_dtype_of("pdfnet"))
+    dam = load_depth_anything(env.dam, dtype=auto_dtype_of("depth_anything"))
     image = torch.from_numpy(rgb_of(env.image))[None]
     prior = depth_prior(image, dam)
     ext = torch.from_numpy(rgb_of(env.depth)[..., 0])[None]
@@ -166,7 +166,9 @@ def test_remove_background_with_depth_model(server, env, expected):
     assert_ok(result)
     loads = load_lines(server)[before:]
     assert sorted(l[0] for l in loads) == ["Depth-Anything-V2 vits", "PDFNet"], loads
-    assert all(l[2] == "cpu" and l[3] == "float32" for l in loads), loads   # auto on a CPU is fp32
+    # auto on a CPU: bf16 where it has native kernels, else fp32 (the same answer for both families)
+    auto = str(auto_dtype_of("pdfnet")).split(".")[-1]
+    assert all(l[2] == "cpu" and l[3] == auto for l in loads), loads
     # both models went through ComfyUI's memory manager (load_models_gpu logs this once per model)
     log = server.log_text()
     assert "Requested to load PDFNet" in log and "Requested to load DepthAnythingV2" in log
@@ -190,9 +192,9 @@ def test_second_run_loads_no_model(server, env):
     assert_ok(result)
     assert load_lines(server)[before:] == []
     assert "4" in executed_nodes(result)
-    # 2. loaders forced to run again (dtype auto -> fp32: the same model on a CPU): the shared cache
-    #    answers them, nothing is read from disk
-    forced = workflow("remove_background.json", {("2", "dtype"): "fp32", ("3", "dtype"): "fp32",
+    # 2. loaders forced to run again (dtype auto -> the dtype auto means here: the same model): the
+    #    shared cache answers them, nothing is read from disk
+    forced = workflow("remove_background.json", {("2", "dtype"): auto_name("pdfnet"), ("3", "dtype"): auto_name("depth_anything"),
                                                    ("1", "image"): env.image.name})
     result = run(server, forced)
     assert_ok(result)
@@ -325,7 +327,7 @@ def test_cancel_a_run(server, env):
     # (loaders forced to re-execute) without a single read from disk
     loads = len(load_lines(server))
     assert_ok(run(server, workflow("depth_estimate.json", {("1", "image"): env.image2.name})))
-    again = workflow("remove_background.json", {("2", "dtype"): "fp32", ("3", "dtype"): "fp32",
+    again = workflow("remove_background.json", {("2", "dtype"): auto_name("pdfnet"), ("3", "dtype"): auto_name("depth_anything"),
                                                   ("4", "resolution"): 512, ("1", "image"): env.image2.name})
     assert_ok(run(server, again))
     assert load_lines(server)[loads:] == [], load_lines(server)[loads:]

@@ -142,7 +142,8 @@ def test_compare_pdfnet_and_birefnet_side_by_side(server, assets):
     assert cutouts.shape == (h, 2 * w, 3)
     # the BiRefNet half is what pdfnet_core computes for this file, at the source size
     image = torch.from_numpy(rgb_of(env.image))[None]
-    want = segment(image, None, load_birefnet(assets.birefnet), size=base.RESOLUTION)[0].numpy()
+    want = segment(image, None, load_birefnet(assets.birefnet, dtype=base.auto_dtype_of("birefnet")),
+                   size=base.RESOLUTION)[0].numpy()
     assert_close_8bit(stitched[:, w:, 0], want, "BiRefNet mask")
     assert progress_of(result, "6")[-1] == (1, 1)   # BiRefNet: no depth step
     assert progress_of(result, "5")[-1] == (2, 2)   # PDFNet: depth + segmentation

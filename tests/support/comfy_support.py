@@ -135,3 +135,16 @@ def serve(env: "Env", harness, inputs_dir: Path):
         yield srv
     finally:
         srv.stop()
+
+
+def auto_dtype_of(family_name: str) -> torch.dtype:
+    """What the loaders' dtype "auto" means on this CPU (bf16 where it has native kernels)."""
+    from pdfnet_core import auto_dtype, family
+
+    return auto_dtype(family(family_name).auto_dtypes, torch.device("cpu"))
+
+
+def auto_name(family_name: str) -> str:
+    from pdfnet_core import DTYPES
+
+    return {v: k for k, v in DTYPES.items()}[auto_dtype_of(family_name)]
