@@ -197,9 +197,9 @@ def _cutout_config(args: argparse.Namespace) -> CutoutConfig:
     if args.engine != "ray" and (args.address or args.gpus_per_worker is not None or args.workers != 1):
         raise UsageError("--workers, --gpus-per-worker and --address need --engine ray")
     if args.prefetch is None:
-        from .batch.work import resolve_device
+        from .precision import resolve_device
 
-        values["prefetch"] = args.prefetch = 0 if resolve_device(args.device) == "cpu" else 2
+        values["prefetch"] = args.prefetch = 0 if resolve_device(args.device).type == "cpu" else 2
     for flag, value, least in (("--batch-size", args.batch_size, 1), ("--prefetch", args.prefetch, 0),
                                ("--workers", args.workers, 1)):
         if value < least:

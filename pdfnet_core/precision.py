@@ -1,4 +1,5 @@
-"""Which dtype "auto" means for a model family on a device.
+"""What "auto" means on this machine: the device (``resolve_device``) and, for a model family on
+it, the dtype (``auto_dtype``).
 
 A family lists in ``FamilySpec.auto_dtypes`` the half types it runs faster in (and with results
 close enough to fp32); "auto" takes the first of them the device computes natively, else fp32.
@@ -14,6 +15,17 @@ import torch
 # fp16 tensor cores (Volta) and native bf16 (Ampere)
 _FP16_CAPABILITY = (7, 0)
 _BF16_CAPABILITY = (8, 0)
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """A ``--device`` value: "auto" is CUDA, else Apple's MPS, else the CPU."""
+    if str(name) != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
 
 
 def bf16_supported(device: torch.device | str) -> bool:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import glob
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,28 +116,16 @@ def file_failure(exc: BaseException) -> str | None:
 def release_memory() -> None:
     """After a failed file: drop its tensors now and hand cached GPU memory back."""
     gc.collect()
-    torch_ = sys.modules.get("torch")
     with contextlib.suppress(Exception):
-        if torch_.cuda.is_available() and torch_.cuda.is_initialized():
-            torch_.cuda.empty_cache()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
     with contextlib.suppress(Exception):
-        if torch_.backends.mps.is_available():
-            torch_.mps.empty_cache()
+        if torch.backends.mps.is_available():
+            torch.mps.empty_cache()
 
 
 # --------------------------------------------------------------------------------------------
 # models
-
-
-def resolve_device(name: str) -> str:
-    """--device: 'auto' is CUDA, else MPS, else the CPU."""
-    if name != "auto":
-        return name
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
 
 
 def _resolve_weights(path: Path | None, kind: str, cfg: CutoutConfig) -> Path:
@@ -158,7 +145,7 @@ def load_models(cfg: CutoutConfig) -> Models:
     from ..cache import default_cache
     from ..models.depth_anything.loader import load_depth_anything
     from ..models.pdfnet.loader import load_pdfnet
-    from ..precision import dtype_for
+    from ..precision import dtype_for, resolve_device
 
     device = resolve_device(cfg.device)
     dtype = dtype_for(cfg.dtype, "pdfnet", device)

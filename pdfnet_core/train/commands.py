@@ -154,11 +154,10 @@ def run_evaluate(args: argparse.Namespace, echo=print) -> int:
     except ImportError as exc:
         return _error(str(exc))
     from ..download import ModelDownloadError
-    from ..precision import dtype_for
+    from ..precision import dtype_for, resolve_device
     from ..weights import CheckpointError
     from . import plots
     from .evaluate import Models, evaluate, parse_pipeline
-    from .loop import resolve_device
 
     try:
         pipelines = [parse_pipeline(s) for s in args.pipelines or []]

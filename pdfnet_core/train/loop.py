@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..precision import resolve_device
 from .config import TrainConfig, to_dict
 from .data import DatasetError, DISDataset, Item, epoch_batches, fill_depth, read_gray, scan_folders
 from .losses import LossTerms, loss_terms
@@ -50,16 +51,6 @@ def require_timm():
     except ImportError as exc:
         raise ImportError("training needs timm: pip install timm (or pip install 'pdfnet[train]')") from exc
     return CosineLRScheduler, ModelEmaV3
-
-
-def resolve_device(name: str) -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
