@@ -16,7 +16,6 @@ size and cost as the released ones, outputs meaningless).  Nothing is asserted.
 from __future__ import annotations
 
 import argparse
-import resource
 import shutil
 import sys
 import tempfile
@@ -29,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "support")]
 
-from benchmarks.measure import report  # noqa: E402
+from benchmarks.measure import peak_rss_gib, report  # noqa: E402
 
 SIZES = [(600, 800), (800, 600), (512, 512), (720, 1280)]
 
@@ -145,7 +144,7 @@ def main() -> None:
             print(f"{name:<14}{rate:>18.2f}{rate / seq:>14.2f}  {same}/{len(reference)} PNGs byte-identical"
                   + ("" if len(got) == len(reference) else f" ({len(got)} written)"))
             report(args.summary, f"CLI batch, {name}", args.dtype, f"{args.images} mixed photos, network {args.size}²",
-                   args.images / rate, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, f"{rate / seq:.2f}x the sequential loop's images/s, "
+                   args.images / rate, peak_rss_gib(), f"{rate / seq:.2f}x the sequential loop's images/s, "
                    f"{same}/{len(reference)} PNGs identical")
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -148,7 +148,9 @@ def stages_child(photo: str, weights: str, depth_weights: str, out: str, foregro
     arr = stage("to_uint8 (banded)", lambda: to_uint8(rgba))
     stage("write_array (png)", lambda: write_array(arr, Path(out) / "stages.png"))
     sampler.close()
-    rows.append({"stage": "process peak", "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20})
+    from benchmarks.measure import peak_rss_gib
+
+    rows.append({"stage": "process peak", "peak_gib": peak_rss_gib()})
     return rows
 
 

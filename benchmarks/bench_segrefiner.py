@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import resource
 import statistics
 import sys
 import time
@@ -136,11 +135,11 @@ def main(argv=None) -> int:
     print(f"HR refinement {args.size}x{args.size}: {total:.2f} s (5 global steps + {patches} patches of "
           f"{int(trace.get('nms_boxes', torch.zeros(0, 4)).shape[0])} NMS boxes); "
           f"{int((out != coarse).sum())} pixels changed")
-    from benchmarks.measure import report
+    from benchmarks.measure import peak_rss_gib, report
 
     patch = "" if args.patch_dtype == "model" else f", patches {args.patch_dtype}"
     report(args.summary, f"SegRefiner HR (width {args.width})", args.dtype + patch, f"{args.size}² mask {args.device}",
-           total, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+           total, peak_rss_gib())
     return 0
 
 

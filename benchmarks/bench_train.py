@@ -26,7 +26,7 @@ def child(size: int, precision: str, device: str, steps: int, threads: int, revi
     sys.path[:0] = [str(ROOT)]
     import torch
 
-    from benchmarks.measure import rss_gib
+    from benchmarks.measure import peak_rss_gib, rss_gib
     from pdfnet_core.models.pdfnet.net import PDFNetConfig
     from pdfnet_core.train.loop import autocast_dtype, forward_loss
     from pdfnet_core.train.model import build_training_model
@@ -69,10 +69,8 @@ def child(size: int, precision: str, device: str, steps: int, threads: int, revi
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    import resource
-
     out = {"size": size, "precision": precision, "device": device, "seconds": times, "before_gib": before,
-           "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "loss": loss}
+           "peak_gib": peak_rss_gib(), "loss": loss}
     if cuda:
         out["cuda_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return out

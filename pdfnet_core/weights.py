@@ -69,17 +69,12 @@ def _read_file(path: Path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     suffix = path.suffix.lower()
     if suffix in _SAFETENSORS_SUFFIXES:
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from .safetensors_file import SafetensorsFormatError, read_tensors
 
         try:
-            mapped = load_file(str(path), device="cpu")
-            # load_file maps the file: copy each tensor into memory the process owns (and drop the
-            # mapped one at once), so a file truncated on disk later cannot raise SIGBUS here.
-            return {key: mapped.pop(key).clone() for key in list(mapped)}
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"{path} is not a readable safetensors file ({exc}); "
-                                  "the download may be incomplete: delete it and fetch it again") from exc
+            return read_tensors(path)
+        except (SafetensorsFormatError, OSError) as exc:
+            raise _unreadable_safetensors(path, exc) from exc
     if suffix not in _TORCH_SUFFIXES:
         raise CheckpointError(f"{path}: unsupported checkpoint type {suffix!r}; expected one of "
                               f"{', '.join(WEIGHT_SUFFIXES)}")
@@ -109,14 +104,17 @@ def read_safetensors_metadata(source) -> dict[str, str]:
     path = Path(os.fspath(source))
     if path.suffix.lower() not in _SAFETENSORS_SUFFIXES or not path.is_file():
         return {}
-    from safetensors import SafetensorError, safe_open
+    from .safetensors_file import SafetensorsFormatError, read_metadata
 
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            return dict(f.metadata() or {})
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({exc}); "
-                              "the download may be incomplete: delete it and fetch it again") from exc
+        return read_metadata(path)
+    except (SafetensorsFormatError, OSError) as exc:
+        raise _unreadable_safetensors(path, exc) from exc
+
+
+def _unreadable_safetensors(path: Path, exc: Exception) -> CheckpointError:
+    return CheckpointError(f"{path} is not a readable safetensors file ({exc}); "
+                           "the download may be incomplete: delete it and fetch it again")
 
 
 def _unwrap(raw, origin: str) -> StateDict:

@@ -57,7 +57,7 @@ def v1_run(state, reference_dir):
     model = load_pdfnet(state, revision="v1")
     assert model.config.revision == "v1"
     fed = {}
-    hooks = [fse.register_forward_pre_hook(lambda m, args, i=i: fed.__setitem__(i, args[3][:1].clone()))
+    hooks = [fse.register_forward_pre_hook(lambda m, args, i=i: fed.__setitem__(i, args[-1][:1].clone()))
              for i, fse in enumerate(model.decoder.FSE_mix)]
     image, depth = model_inputs(reference_dir, "v1")
     other_image = torch.flip(image, dims=[-1]) * 0.8

@@ -52,17 +52,44 @@ class ConvRMSSiLU(nn.Sequential):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm_act(self[0](x))
 
+    def forward_resized_cat(self, parts: list[torch.Tensor], size, weights: list[torch.Tensor] = ()) -> torch.Tensor:
+        """``forward(cat([resize(p, size) for p in parts], 1) * w0 * w1 ...)`` without the concatenation.
+
+        ``weights`` are maps broadcast over the channels ([B,1,H,W]), multiplied in the given order.
+        At inference a convolution of a channel concatenation is the sum of one convolution per
+        part (the weight split along its input channels), so only one resized, weighted part
+        exists at a time and the parts themselves are never modified.
+        """
+        conv = self[0]
+        if torch.is_grad_enabled() or conv.groups != 1:
+            x = torch.cat([resize(p, size) for p in parts], dim=1)
+            for w in weights:
+                x = x * w
+            return self(x)
+        y, first = None, 0
+        for part in parts:
+            weight = conv.weight[:, first:first + part.shape[1]]
+            first += part.shape[1]
+            resized = tuple(part.shape[-2:]) != tuple(size)
+            x = resize(part, size) if resized else part
+            for k, w in enumerate(weights):
+                x = x.mul_(w) if resized or k else x * w
+            term = F.conv2d(x, weight, None, conv.stride, conv.padding, conv.dilation)
+            del x
+            y = term if y is None else y.add_(term)
+        if conv.bias is not None:
+            y.add_(conv.bias[:, None, None])
+        return self.norm_act(y)
+
     def norm_act(self, y: torch.Tensor) -> torch.Tensor:
         """Norm + SiLU of a conv output that nobody else holds."""
         norm = self[1]
         if torch.is_grad_enabled():
             return self[2](norm(y))
-        if y.dtype == torch.float32:
-            scale = torch.rsqrt(y.pow(2).mean(dim=1, keepdim=True).add_(norm.eps))
-        else:
-            # the mean square accumulated in float32 (as RMSNorm does) without a float32 copy of y
-            ms = torch.linalg.vector_norm(y, dim=1, keepdim=True, dtype=torch.float32).square_().div_(y.shape[1])
-            scale = ms.add_(norm.eps).rsqrt_().to(y.dtype)
+        # the mean square accumulated in float32 (as RMSNorm does) in one pass, without a float32
+        # copy of y or a full-size temporary of its squares
+        ms = torch.linalg.vector_norm(y, dim=1, keepdim=True, dtype=torch.float32).square_().div_(y.shape[1])
+        scale = ms.add_(norm.eps).rsqrt_().to(y.dtype)
         y.mul_(scale).mul_(norm.weight[:, None, None])
         return F.silu(y, inplace=True)
 
@@ -113,5 +140,12 @@ def resize_rows(x: torch.Tensor, n_out: int, rows: slice, width: int, n_in: int 
         raise IndexError("resize_rows: the source rows needed are not all present")
     lo = int(i0.min())
     src = x[..., lo:int(i1.max()) + 1, :]
-    band = torch.lerp(src.index_select(-2, i0 - lo), src.index_select(-2, i1 - lo), w1[:, None])
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        # channels-last in, channels-last out: pick rows of the NHWC view, so that neither this
+        # nor the caller's next elementwise step and convolution converts the layout
+        nhwc = src.permute(0, 2, 3, 1)
+        band = torch.lerp(nhwc.index_select(1, i0 - lo), nhwc.index_select(1, i1 - lo), w1[:, None, None])
+        band = band.permute(0, 3, 1, 2)
+    else:
+        band = torch.lerp(src.index_select(-2, i0 - lo), src.index_select(-2, i1 - lo), w1[:, None])
     return resize(band, (band.shape[-2], width))

@@ -245,6 +245,10 @@ class WindowPlan:
         return (bias[:, None] + self.mask[None]).reshape(1, -1, length, length)
 
 
+# Hidden activations of one MLP chunk: well under glibc's 32 MiB limit for reusing freed memory.
+_MLP_CHUNK_BYTES = 8 * 2**20
+
+
 class SwinBlock(nn.Module):
     def __init__(self, dim: int, num_heads: int, window: int, shift: int, mlp_ratio: float, eps: float):
         super().__init__()
@@ -261,7 +265,15 @@ class SwinBlock(nn.Module):
         # zero token for all of them.  Projecting it gives exactly the qkv bias, as in the original.
         y = self.attn(self.attn.qkv(F.pad(self.norm1(x), (0, 0, 0, 1))), plan)
         x = x + self.attn.proj(y)
-        return x + self.mlp(self.norm2(x))
+        if torch.is_grad_enabled():
+            return x + self.mlp(self.norm2(x))
+        # The MLP is per token: at inference run it over row chunks of the fresh x, in place, so
+        # its 4x-wide hidden activations stay small (and in memory malloc reuses, not fresh pages).
+        rows = x.view(-1, x.shape[-1])
+        step = max(256, _MLP_CHUNK_BYTES // (self.mlp.fc1.out_features * x.element_size()))
+        for chunk in rows.split(step):
+            chunk.add_(self.mlp(self.norm2(chunk)))
+        return x
 
 
 class PatchMerging(nn.Module):

@@ -52,7 +52,7 @@ class PDFNetConfig:
     pool_ratios: tuple[int, ...] = (1, 1, 2, 2)   # FSE_mix[0..3]
     train_size: int = 1024       # the resolution the released weights were trained at
     # Memory/speed knobs only; results do not depend on them.
-    band_rows: int = 64          # full-resolution rows computed at a time in the tail
+    band_rows: int = 32          # full-resolution rows computed at a time in the tail
     tile_chunk: int = 16         # patch tiles encoded at a time
     # Which official code revision's FSE formulas to run (see the module docstring); the weights
     # are the same for both.  load_pdfnet chooses it from the checkpoint.
@@ -82,10 +82,10 @@ def split_tiles(x: torch.Tensor, grid: int) -> torch.Tensor:
 
 
 def merge_tiles(x: torch.Tensor, batch: int, grid: int) -> torch.Tensor:
-    """Inverse of split_tiles."""
+    """Inverse of split_tiles; the result is channels-last (the layout of the convolutions it feeds)."""
     _, c, th, tw = x.shape
-    x = x.view(grid, grid, batch, c, th, tw)
-    return x.permute(2, 3, 0, 4, 1, 5).reshape(batch, c, grid * th, grid * tw)
+    x = x.permute(0, 2, 3, 1).reshape(grid, grid, batch, th, tw, c)
+    return x.permute(2, 0, 3, 1, 4, 5).reshape(batch, grid * th, grid * tw, c).permute(0, 3, 1, 2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -191,7 +191,13 @@ def _tokens(x: torch.Tensor) -> torch.Tensor:
 
 
 def _map(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)
+    """[B,HW,C] -> [B,C,H,W] as a channels-last view (no copy; _tokens of it is one, too)."""
+    return tokens.reshape(tokens.shape[0], h, w, tokens.shape[2]).permute(0, 3, 1, 2)
+
+
+def _sum_into(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """x + y; at inference written into x, a map nothing reads afterwards."""
+    return x + y if torch.is_grad_enabled() else x.add_(y)
 
 
 class FSE(nn.Module):
@@ -210,33 +216,34 @@ class FSE(nn.Module):
         self.ID = CoA(emb)
         self.DI = CoA(emb)
 
-    def select_tiles(self, patch: torch.Tensor, boundary: torch.Tensor) -> torch.Tensor:
-        """Weigh the patch tiles by the boundary they hold (tile_weights)."""
+    def tile_map(self, boundary: torch.Tensor, hp: int, wp: int) -> torch.Tensor:
+        """[B,1,hp,wp]: each patch tile's weight (tile_weights) spread over its pixels."""
         g = self.grid
-        b, c, hp, wp = patch.shape
-        factor = tile_weights(boundary, g, self.revision).to(patch.dtype)  # [B,1,g,g]
-        tiles = patch.view(b, c, g, hp // g, g, wp // g)
-        return (tiles * factor[:, :, :, None, :, None]).view(b, c, hp, wp)
+        factor = tile_weights(boundary, g, self.revision)  # [B,1,g,g]
+        return factor.repeat_interleave(hp // g, dim=2).repeat_interleave(wp // g, dim=3)
 
-    def forward(self, img, depth, patch, last_pred):
+    def forward(self, prev, cur, last_pred):
+        """``prev``: the (image, depth, patch) outputs of the level below; ``cur``: this level's features.
+
+        Each channel switch sees ``cat([resize(prev), cur]) * spatial weights``; the weights are the
+        same for every channel, so the convolution runs part by part on weighted copies of the two
+        halves (forward_resized_cat) and the concatenations never exist at inference.
+        """
         boundary, integrity = boundary_and_integrity(last_pred, self.revision)
         s = last_pred.sigmoid()
-        img = img * resize_like(s, img)
-        depth = depth * resize_like(s, depth)
-        patch = patch * resize_like(s, patch)
+        img_size, depth_size, patch_size = (c.shape[-2:] for c in cur)
+        hi, wi = img_size
+        hd, wd = depth_size
+        hp, wp = patch_size
+        img_cs = self.I_channelswich.forward_resized_cat([prev[0], cur[0]], img_size, [resize(s, img_size)])
+        depth_weights = [resize(s, depth_size),
+                         resize(last_pred, depth_size).sigmoid() + resize(integrity, depth_size)]
+        depth_cs = self.D_channelswich.forward_resized_cat([prev[1], cur[1]], depth_size, depth_weights)
+        patch_weights = [resize(s, patch_size), self.tile_map(boundary, hp, wp).to(cur[2].dtype)]
+        patch_cs = self.P_channelswich.forward_resized_cat([prev[2], cur[2]], patch_size, patch_weights)
         p = self.pool_ratio
-        hi, wi = img.shape[-2:]
-        hd, wd = depth.shape[-2:]
-        hp, wp = patch.shape[-2:]
-
-        img_cs = self.I_channelswich(img)
         pool_img = _tokens(F.adaptive_avg_pool2d(img_cs, (hi // p, wi // p)))
-
-        enhanced = depth * (resize_like(last_pred, depth).sigmoid() + resize_like(integrity, depth))
-        depth_cs = self.D_channelswich(enhanced)
         pool_depth = _tokens(F.adaptive_avg_pool2d(depth_cs, (hd // p, wd // p)))
-
-        patch_cs = self.P_channelswich(self.select_tiles(patch, boundary))
         pool_patch = _tokens(F.adaptive_avg_pool2d(patch_cs, (hp // p, wp // p)))
 
         patch_f = self.PI(pool_patch, torch.cat([pool_img, pool_depth], dim=1))
@@ -244,9 +251,9 @@ class FSE(nn.Module):
         depth_f = self.DI(pool_depth, torch.cat([pool_img, pool_patch], dim=1))
         img_f = self.ID(img_f, depth_f)
 
-        img_out = _map(img_f, hi, wi) + img_cs
-        depth_out = resize(_map(depth_f, hd // p, wd // p), (hd, wd)) + depth_cs
-        patch_out = resize(_map(patch_f, hp // p, wp // p), (hp, wp)) + patch_cs
+        img_out = _sum_into(img_cs, _map(img_f, hi, wi))
+        depth_out = _sum_into(depth_cs, resize(_map(depth_f, hd // p, wd // p), (hd, wd)))
+        patch_out = _sum_into(patch_cs, resize(_map(patch_f, hp // p, wp // p), (hp, wp)))
         return img_out, depth_out, patch_out
 
 
@@ -270,11 +277,9 @@ class PDFDecoder(nn.Module):
         prev = (img_f[4], depth_f[4], patch_f[4])
         for k, fse in enumerate(self.FSE_mix):
             level = 3 - k
-            i, d, p = fse(torch.cat([resize_like(prev[0], img_f[level]), img_f[level]], dim=1),
-                          torch.cat([resize_like(prev[1], depth_f[level]), depth_f[level]], dim=1),
-                          torch.cat([resize_like(prev[2], patch_f[level]), patch_f[level]], dim=1),
-                          side)
-            mix = self.channel_mix[level](torch.cat([resize_like(i, p), resize_like(d, p), p], dim=1))
+            i, d, p = fse(prev, (img_f[level], depth_f[level], patch_f[level]), side)
+            img_f[level] = depth_f[level] = patch_f[level] = None  # consumed: free before the next level
+            mix = self.channel_mix[level].forward_resized_cat([i, d, p], p.shape[-2:])
             side = self.Bside[level + 1](mix)
             sides.append(side)
             prev = (i, d, p)
@@ -341,10 +346,13 @@ class PDFNet(nn.Module):
         depth3 = minmax_per_item(depth).to(dtype).expand(-1, 3, -1, -1) if depth.shape[1] == 1 \
             else minmax_per_item(depth).to(dtype)
         image = image.to(dtype)
-        glob = self.encode(self.global_batch(image, depth3))
-        img_f = [g[:b] for g in glob]
-        depth_f = [g[b:] for g in glob]
-        del glob
+        if torch.is_grad_enabled():
+            glob = self.encode(self.global_batch(image, depth3))
+            img_f, depth_f = [g[:b] for g in glob], [g[b:] for g in glob]
+            del glob
+        else:  # one source at a time: half the encoder's peak memory, the same numbers
+            half = (image.shape[-2] // 2, image.shape[-1] // 2)
+            img_f, depth_f = self.encode(resize(image, half)), self.encode(resize(depth3, half))
         patch_f = self.encode_patches(image)
         final, sides = self.decoder(image, depth3, img_f, depth_f, patch_f, with_sides)
         if with_sides:

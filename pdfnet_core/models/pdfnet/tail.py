@@ -6,8 +6,12 @@ The official decoder ends with (S = input side, C = 128):
     final   = Bside0(upsample2(resize(f, S) + shallow))               [B,1,S,S]
 Done in one piece that is a 6 x 4S x 4S image (400 MB at 1024) and several full-resolution C-channel
 maps (512 MB each).  Every step is local along the rows (bilinear taps, 3x3 convolutions), so the
-same numbers can be produced band by band, keeping only a sliding window of ``shallow`` rows and the
-two half-resolution maps.  Rows are consumed as soon as everything they feed is computed.
+same numbers can be produced band by band, keeping only sliding windows of rows of ``shallow`` and of
+the two half-resolution maps.  Rows are dropped as soon as everything they feed is computed.
+
+Bands of 32 rows keep every full-resolution temporary under 32 MB at 1024 (fp32, 128 channels), the
+size up to which glibc's malloc reuses freed memory instead of mapping fresh pages for each one: the
+page faults of larger bands cost a fifth of the tail's time.
 """
 from __future__ import annotations
 
@@ -15,12 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..common.layers import ConvRMSSiLU, linear_taps, resize, resize_rows
+from ..common.layers import ConvRMSSiLU, linear_taps, resize_rows
 
 
 def conv_rows(conv: nn.Conv2d, x: torch.Tensor, pad_top: int, pad_bottom: int) -> torch.Tensor:
     """A 3x3 'same' conv on a band: halo rows come from ``x``, zero rows only at the image edge."""
-    x = F.pad(x, (0, 0, pad_top, pad_bottom))
+    if pad_top or pad_bottom:
+        x = F.pad(x, (0, 0, pad_top, pad_bottom))
     return F.conv2d(x, conv.weight, conv.bias, padding=(0, conv.padding[1]))
 
 
@@ -65,16 +70,15 @@ def streamed_tail(shallow: nn.Sequential, upsample1: ConvRMSSiLU, upsample2: Con
     b, _, s, w = x6.shape
     conv4, crs = shallow[0], shallow[1]
     h2, w2 = mix.shape[-2] * 2, mix.shape[-1] * 2
-    mix_half = resize(mix, (h2, w2))  # a new tensor (h2 = 2 x mix height), updated in place below
     _, half_hi, _ = linear_taps(s, h2, x6.device)      # shallow row feeding half-res row k (upper tap)
     half_lo, _, _ = linear_taps(s, h2, x6.device)
-    _, full_hi, _ = linear_taps(h2, s, x6.device)      # f row feeding full-res row j (upper tap)
+    full_lo, full_hi, _ = linear_taps(h2, s, x6.device)  # f rows feeding full-res row j
 
     sh = _Rows()                                       # window of shallow rows
-    g = mix_half                                       # becomes resize(mix) + resize(shallow), row by row
-    f = torch.empty_like(mix_half)
+    g = _Rows()                                        # window of resize(mix) + resize(shallow) rows
+    f = _Rows()                                        # window of upsample1(g) rows
     out = x6.new_empty(b, 1, s, w, dtype=mix.dtype)
-    g_done = f_done = out_done = 0
+    out_done = 0
     step = max(1, band_rows)
     for a in range(0, s, step):
         z = min(s, a + step)
@@ -86,28 +90,30 @@ def streamed_tail(shallow: nn.Sequential, upsample1: ConvRMSSiLU, upsample2: Con
 
         # half-resolution fuse rows whose shallow taps are all computed
         g_end = _last_ready(half_hi, z, s)
-        if g_end > g_done:
-            g[..., g_done:g_end, :] += resize_rows(sh.data, h2, slice(g_done, g_end), w2, n_in=s, offset=sh.lo)
-            g_done = g_end
+        if g_end > g.hi:
+            rows = slice(g.hi, g_end)
+            g.append(resize_rows(mix, h2, rows, w2).add_(resize_rows(sh.data, h2, rows, w2, n_in=s, offset=sh.lo)))
         # upsample1 rows whose 3x3 neighbourhood in g is complete
-        f_end = h2 if g_done == h2 else max(g_done - 1, 0)
-        if f_end > f_done:
-            ga, gz = max(f_done - 1, 0), min(f_end + 1, h2)
-            f[..., f_done:f_end, :] = crs_rows(upsample1, g[..., ga:gz, :], ga - (f_done - 1), (f_end + 1) - gz)
-            f_done = f_end
+        f_end = h2 if g.hi == h2 else max(g.hi - 1, 0)
+        if f_end > f.hi:
+            f0 = f.hi
+            ga, gz = max(f0 - 1, 0), min(f_end + 1, h2)
+            f.append(crs_rows(upsample1, g.rows(ga, gz), ga - (f0 - 1), (f_end + 1) - gz))
+            g.drop_before(f_end - 1)
         # final rows r need shallow rows up to r+2 and f rows feeding full-res rows up to r+2
-        f_ready = _last_ready(full_hi, f_done, h2)   # full-res rows whose f taps are computed
+        f_ready = _last_ready(full_hi, f.hi, h2)       # full-res rows whose f taps are computed
         out_end = min(s if z == s else z - 2, s if f_ready == s else f_ready - 2)
         if out_end > out_done:
             r0, r1 = out_done, out_end
             ua, uz = max(r0 - 1, 0), min(r1 + 1, s)     # upsample2 rows needed by the head
             xa, xz = max(ua - 1, 0), min(uz + 1, s)     # its input rows
-            x = resize_rows(f, s, slice(xa, xz), w) + sh.rows(xa, xz)
+            x = resize_rows(f.data, s, slice(xa, xz), w, n_in=h2, offset=f.lo).add_(sh.rows(xa, xz))
             u = crs_rows(upsample2, x, xa - (ua - 1), (uz + 1) - xz)
             out[..., r0:r1, :] = conv_rows(head, u, ua - (r0 - 1), (r1 + 1) - uz)
             out_done = out_end
+            f.drop_before(int(full_lo[max(out_done - 2, 0)]))
         # shallow rows still needed: by the next half-res rows and by the next final rows
-        keep_from = min(int(half_lo[g_done]) if g_done < h2 else s, max(out_done - 2, 0))
+        keep_from = min(int(half_lo[g.hi]) if g.hi < h2 else s, max(out_done - 2, 0))
         sh.drop_before(keep_from)
-    assert out_done == s and g_done == h2 and f_done == h2
+    assert out_done == s and g.hi == h2 and f.hi == h2
     return out
