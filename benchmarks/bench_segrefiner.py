@@ -9,8 +9,9 @@
 
 Weights are the deterministic synthetic ones of shared/reference/segrefiner (speed does not depend on
 the values), loaded through ``load_segrefiner``.  The HR cost is 5 global steps at 256² plus one
-step per selected 256² patch (batched by 32); the number of patches depends on the weights and the
-image (random weights pick their own), so the patch count is printed.  ``--estimate`` runs the real
+step per selected 256² patch (one per call on a CPU, 32 on an accelerator: modes.patch_batch); the
+number of patches depends on the weights and the image (random weights pick their own), so the
+patch count is printed.  ``--estimate`` runs the real
 global pass and patch selection but not the patches (a stub answers for them) and prints
 ``global + patches * patch step / batch``: a full 2048² run can take many minutes on a small CPU.
 """

@@ -52,6 +52,7 @@ class _FileLoader(io.ComfyNode):
 
 _REVISION = family("pdfnet").option("revision")
 _PATCH_ORDER = family("birefnet").option("patch_order")
+_HR_PATCHES = family("segrefiner").option("hr_patches")
 
 
 class PDFNetModelLoader(_FileLoader):
@@ -159,7 +160,7 @@ class PDFNetSegRefinerLoader(_FileLoader):
             description="Loads a SegRefiner checkpoint (the official mmcv .pth or a .safetensors conversion) from "
                         "models/segrefiner, for PDFNet SegRefine. The official weights are only on Google Drive: "
                         "download them by hand (see the model_name tooltip).",
-            inputs=_loader_inputs(
+            inputs=[*_loader_inputs(
                 "segrefiner",
                 "A SegRefiner checkpoint in models/segrefiner. segrefiner_hr_latest.pth (trained on ThinObject-5K + "
                 "DIS-TR) for the 'hr' mode, segrefiner_lr_latest.pth (trained on LVIS) for the 'lr' mode. Not on "
@@ -168,6 +169,15 @@ class PDFNetSegRefinerLoader(_FileLoader):
                 dtype_tooltip="Precision of the weights. auto: fp32 (the sampler thresholds the network's confidences; "
                               "only fp32 was compared with the official code). fp16/bf16 save memory on a GPU.",
                 download=False),
+                # Optional and last: workflows saved before it existed still load, and run as before.
+                io.Combo.Input(
+                    "hr_patches", options=list(_HR_PATCHES.choices), default=_HR_PATCHES.default, optional=True,
+                    tooltip="Precision of the 'hr' mode's full-resolution patches, the bulk of a large refinement "
+                            "(the global pass that picks the patches keeps the model's precision). model: the "
+                            "weights' own. bf16: 2.5x faster per patch on a CPU with native bf16 (AVX-512 BF16 / "
+                            "AMX) and on recent GPUs; a patch's binary mask can differ from fp32 on pixels the "
+                            "network is unsure of. fp16: for GPUs."),
+            ],
             outputs=[SegRefinerModel.Output("segrefiner_model", tooltip="SegRefiner, for PDFNet SegRefine")],
         )
 
@@ -176,8 +186,8 @@ class PDFNetSegRefinerLoader(_FileLoader):
         return model_files.check_model_choice("segrefiner", model_name)
 
     @classmethod
-    def execute(cls, model_name, dtype) -> io.NodeOutput:
-        return io.NodeOutput(model_files.load_model("segrefiner", model_name, dtype))
+    def execute(cls, model_name, dtype, hr_patches=_HR_PATCHES.default) -> io.NodeOutput:
+        return io.NodeOutput(model_files.load_model("segrefiner", model_name, dtype, hr_patches=hr_patches))
 
 
 NODES = [PDFNetModelLoader, PDFNetDepthAnythingLoader, PDFNetBiRefNetLoader, PDFNetSegRefinerLoader]

@@ -120,6 +120,8 @@ def test_new_nodes_and_types_are_listed(server):
     assert "2024-11-05" in bi["patch_order"][1]["tooltip"]
     sr = nodes["PDFNetSegRefinerLoader"]["input"]["required"]
     assert "download" not in sr, "a Google-Drive-only model must not offer a download toggle"
+    hr_patches = nodes["PDFNetSegRefinerLoader"]["input"]["optional"]["hr_patches"]
+    assert hr_patches[1]["options"] == ["model", "bf16", "fp16"] and hr_patches[1]["default"] == "model"
     assert sr["model_name"][1]["options"] == [SEGREFINER_FILE, "segrefiner_lr_latest.pth", "segrefiner_hr_latest.pth"]
     refine = nodes["PDFNetSegRefine"]["input"]["required"]
     assert refine["segrefiner_model"][0] == "SEGREFINER_MODEL" and refine["mode"][1]["options"] == ["lr", "hr"]

