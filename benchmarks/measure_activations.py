@@ -76,6 +76,7 @@ def child(family: str, variant: str | None, side: int, batch: int, device: str) 
 
     torch.set_num_threads(2)
     run = _build(family, variant, device)
+    from benchmarks.measure import peak_rss_gib  # importable once _build has put the root on sys.path
     with torch.inference_mode():
         run(64 if family != "depth_anything" else 70, 1)   # kernel selection and one-time allocations
         if device.startswith("cuda"):
@@ -88,7 +89,7 @@ def child(family: str, variant: str | None, side: int, batch: int, device: str) 
         else:
             before = _rss_bytes()
             run(side, batch)
-            used = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+            used = int(peak_rss_gib() * 2**30) - before
     return {"mib_per_image": used / batch / 2**20}
 
 

@@ -3,6 +3,7 @@
     python benchmarks/summary.py                      # everything (about 15 minutes on a quiet 2-core CPU)
     python benchmarks/summary.py --only pdfnet birefnet
     python benchmarks/summary.py --readme             # also rewrite README.md's Performance table
+    python benchmarks/summary.py --only pdfnet --readme   # ... only the rows these runs produce
 
 Each benchmark script appends its rows to one file (``--summary PATH``, see ``measure.report``);
 the official PDFNet code and ComfyUI core's BiRefNet are timed beside ours in the same run when they
@@ -29,10 +30,12 @@ def _runs() -> dict[str, list[list[str]]]:
     official = os.environ.get("PDFNET_OFFICIAL_DIR")
     comfy = os.environ.get("COMFY_DIR")
     return {
-        "pdfnet": [["bench_pdfnet.py", "--sizes", "1024", "--dtype", "fp32", "bf16",
+        # three alternating rounds, medians: the official code's time alone moved 34-49 s between runs
+        "pdfnet": [["bench_pdfnet.py", "--sizes", "1024", "--dtype", "fp32", "bf16", "--rounds", "3",
                     *(["--official", official] if official else [])],
                    ["bench_pdfnet.py", "--sizes", "1024", "--pipeline", "vits"]],
-        "birefnet": [["bench_birefnet.py", "--models", "swin_v1_l", *(["--comfy", comfy] if comfy else [])]],
+        "birefnet": [["bench_birefnet.py", "--models", "swin_v1_l",
+                      *(["--comfy", comfy, "--rounds", "3"] if comfy else [])]],
         "depth": [["bench_depth.py", "--repeat", "2"]],
         "segrefiner": [["bench_segrefiner.py", "--size", "2048", "--repeats", "1"]],
         "segrefiner-bf16": [["bench_segrefiner.py", "--size", "2048", "--repeats", "1", "--patch-dtype", "bf16"]],
@@ -50,12 +53,23 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def rewrite_readme(readme: Path, text: str) -> None:
+def rewrite_readme(readme: Path, rows: list[dict], replace_all: bool) -> None:
+    """Write ``rows`` into the README's table: the whole table, or (``replace_all`` false, after
+    ``--only``) just the rows of the same model, dtype and size, keeping the others in place."""
     content = readme.read_text()
     start, end = content.find(README_START), content.find(README_END)
     if start < 0 or end < start:
         raise SystemExit(f"{readme} has no {README_START} ... {README_END} block to rewrite")
-    readme.write_text(content[: start + len(README_START)] + "\n" + text + "\n" + content[end:])
+    lines = [table(rows)]
+    if not replace_all:
+        fresh = {(r["model"], r["dtype"], r["size"]): table([r]).splitlines()[-1] for r in rows}
+        kept = []
+        for line in content[start + len(README_START):end].strip().splitlines():
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            key = tuple(cells[:3]) if len(cells) >= 3 else None
+            kept.append(fresh.pop(key, line))
+        lines = kept + list(fresh.values())
+    readme.write_text(content[: start + len(README_START)] + "\n" + "\n".join(lines) + "\n" + content[end:])
 
 
 def main() -> int:
@@ -83,7 +97,7 @@ def main() -> int:
     if failed:
         print("\nfailed: " + "; ".join(failed), file=sys.stderr)
     if args.readme and rows:
-        rewrite_readme(ROOT / "README.md", text)
+        rewrite_readme(ROOT / "README.md", rows, replace_all=set(args.only) == set(runs))
         print("README.md Performance table rewritten")
     return 1 if failed else 0
 

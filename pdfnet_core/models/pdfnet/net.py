@@ -287,7 +287,7 @@ class PDFDecoder(nn.Module):
         for features in (img_f, depth_f, patch_f):
             features.clear()  # the caller's per-call lists: free them before the full-resolution tail
         final = streamed_tail(self.shallow, self.upsample1[0], self.upsample2[0], self.Bside[0],
-                              torch.cat([img, depth3], dim=1), mix, self.band_rows)
+                              torch.cat([img, depth3], dim=1).float(), mix, self.band_rows)
         return final, (sides[::-1] if with_sides else None)
 
 

@@ -66,7 +66,11 @@ def _last_ready(taps_hi: torch.Tensor, available: int, total_available: int) -> 
 
 def streamed_tail(shallow: nn.Sequential, upsample1: ConvRMSSiLU, upsample2: ConvRMSSiLU, head: nn.Conv2d,
                   x6: torch.Tensor, mix: torch.Tensor, band_rows: int) -> torch.Tensor:
-    """final logits [B,1,S,S] from the raw 6-channel input x6 [B,6,S,S] and mix_L1 [B,C,S/4,S/4]."""
+    """final logits [B,1,S,S] from the raw 6-channel input x6 [B,6,S,S] and mix_L1 [B,C,S/4,S/4].
+
+    x6 may be float32 beside a half-precision model: its 4x upsampling then runs in float32 (CPU
+    bilinear kernels are slower in bf16) and each band is cast for the stride-4 convolution.
+    """
     b, _, s, w = x6.shape
     conv4, crs = shallow[0], shallow[1]
     h2, w2 = mix.shape[-2] * 2, mix.shape[-1] * 2
@@ -85,7 +89,7 @@ def streamed_tail(shallow: nn.Sequential, upsample1: ConvRMSSiLU, upsample2: Con
         # shallow rows [a, z): the 3x3 conv needs stride-4 rows a-1 .. z (zero outside the image)
         ca, cz = max(a - 1, 0), min(z + 1, s)
         up = resize_rows(x6, 4 * s, slice(4 * ca, 4 * cz), 4 * w)
-        sh.append(crs_rows(crs, conv4(up), ca - (a - 1), (z + 1) - cz))
+        sh.append(crs_rows(crs, conv4(up.to(conv4.weight.dtype)), ca - (a - 1), (z + 1) - cz))
         del up
 
         # half-resolution fuse rows whose shallow taps are all computed
