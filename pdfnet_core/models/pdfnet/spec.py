@@ -36,7 +36,7 @@ SPEC = FamilySpec(
     load=load_pdfnet,
     fingerprints=(Fingerprint("pdfnet", "a PDFNet checkpoint (Swin-B encoder + FSE decoder)",
                               ("encoder.absolute_pos_embed", "decoder.FSE_mix.")),),
-    activation=MeasuredActivation({None: {512: 306, 1024: 725}}, HOW_MEASURED),
+    activation=MeasuredActivation({None: {512: 56, 1024: 247}}, HOW_MEASURED),
     inputs=InputContract(size_multiple=SIZE_MULTIPLE, needs_depth=True),
     files=FILES,
     default_file="PDFNet_Best.pth",
