@@ -29,6 +29,15 @@ def _loader_inputs(family_name: str, name_tooltip: str, dtype_tooltip: str = _DT
     return inputs
 
 
+def _option_input(option, tooltip: str, optional: bool = False) -> io.Combo.Input:
+    """The widget of a family's loader option: its name, choices and default as the spec has them.
+
+    ``optional`` for an option added after workflows were saved: placed last, so they still load.
+    """
+    return io.Combo.Input(option.name, options=list(option.choices), default=option.default, optional=optional,
+                          tooltip=tooltip)
+
+
 class _FileLoader(io.ComfyNode):
     """What every loader node does with its file; subclasses set FAMILY and their schema."""
 
@@ -71,9 +80,8 @@ class PDFNetModelLoader(_FileLoader):
                     "pdfnet",
                     "A PDFNet checkpoint in models/pdfnet (.pth or .safetensors). PDFNet_Best.pth: the paper's model "
                     "(DIS5K); PDF-Generally.pth: trained on more data, for general photos."),
-                # Optional and last: workflows saved before it existed still load, and run with auto.
-                io.Combo.Input(
-                    "revision", options=list(_REVISION.choices), default=_REVISION.default, optional=True,
+                _option_input(
+                    _REVISION, optional=True,
                     tooltip="Which official PDFNet code runs these weights. auto (default): decided from the file "
                             "itself and written to the log. The published PDFNet_Best.pth and PDF-Generally.pth, "
                             "and safetensors converted from them, run as v1; a file that shows neither runs as v2, "
@@ -132,8 +140,8 @@ class PDFNetBiRefNetLoader(_FileLoader):
                     "BiRefNet_HR.safetensors = ZhengPeng7/BiRefNet_HR) and downloaded under that name. BiRefNet: "
                     "general use at 1024; _HR and _HR-matting: trained at 2048; _lite: the light Swin-T variant; "
                     "_dynamic: trained at 256-2304. Licence: MIT."),
-                io.Combo.Input(
-                    "patch_order", options=list(_PATCH_ORDER.choices), default=_PATCH_ORDER.default,
+                _option_input(
+                    _PATCH_ORDER,
                     tooltip="How BiRefNet splits the image into patches for its decoder. The official code changed "
                             "this order on 2024-11-05: weights released before were trained with the 'legacy' order, "
                             "later ones (BiRefNet_HR, _HR-matting, _dynamic) with the 'current' one, and the wrong "
@@ -169,9 +177,8 @@ class PDFNetSegRefinerLoader(_FileLoader):
                 dtype_tooltip="Precision of the weights. auto: fp32 (the sampler thresholds the network's confidences; "
                               "only fp32 was compared with the official code). fp16/bf16 save memory on a GPU.",
                 download=False),
-                # Optional and last: workflows saved before it existed still load, and run as before.
-                io.Combo.Input(
-                    "hr_patches", options=list(_HR_PATCHES.choices), default=_HR_PATCHES.default, optional=True,
+                _option_input(
+                    _HR_PATCHES, optional=True,
                     tooltip="Precision of the 'hr' mode's full-resolution patches, the bulk of a large refinement "
                             "(the global pass that picks the patches keeps the model's precision). model: the "
                             "weights' own. bf16: 2.5x faster per patch on a CPU with native bf16 (AVX-512 BF16 / "

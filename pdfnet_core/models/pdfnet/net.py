@@ -350,7 +350,7 @@ class PDFNet(nn.Module):
             glob = self.encode(self.global_batch(image, depth3))
             img_f, depth_f = [g[:b] for g in glob], [g[b:] for g in glob]
             del glob
-        else:  # one source at a time: half the encoder's peak memory, the same numbers
+        else:  # one source at a time: half the encoder's peak memory, the same arithmetic
             half = (image.shape[-2] // 2, image.shape[-1] // 2)
             img_f, depth_f = self.encode(resize(image, half)), self.encode(resize(depth3, half))
         patch_f = self.encode_patches(image)
