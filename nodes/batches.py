@@ -65,6 +65,9 @@ class ProgressBar(Protocol):
     def step(self, count: int = 1) -> None:
         """``count`` more units of work are done (and the user may have cancelled: raise then)."""
 
+    def resize(self, total: int) -> None:
+        """The work turned out to be ``total`` units (for loops that learn their size as they go)."""
+
 
 class Runtime(Protocol):
     def resident(self, model: torch.nn.Module, memory_required: int) -> None:
@@ -174,13 +177,40 @@ def map_chunks(fn: Callable[..., torch.Tensor], bar: ProgressBar, *batches: torc
 # SegRefiner (model-based refinement)
 
 
+class UNetCallBar:
+    """One bar over a SegRefiner batch, in UNet calls (seconds each on a CPU, so a cancel is honoured
+    within one call).  An image's count is known only once it runs (HR learns its patches from the
+    global pass), so the images still to come are estimated at the mean count of those begun."""
+
+    def __init__(self, bar: ProgressBar, images: int) -> None:
+        self.bar, self.images = bar, images
+        self.index = 0          # the image running now
+        self.before = 0         # calls of the finished images
+        self.shown = 0
+
+    def report(self, done: int, planned: int) -> None:
+        """pdfnet_core's ``progress(done, planned)`` for the current image."""
+        seen = self.before + planned
+        self.bar.resize(max(1, seen + round((self.images - self.index - 1) * seen / (self.index + 1))))
+        self.bar.step(self.before + done - self.shown)
+        self.shown = self.before + done
+
+    def finished(self) -> None:
+        """The current image is done (also the cancel point of an image that needed no UNet call)."""
+        self.before = self.shown
+        self.index += 1
+        if self.index == self.images:
+            self.bar.resize(max(1, self.shown))
+        self.bar.step(0)
+
+
 def segrefiner_images(image: torch.Tensor, mask: torch.Tensor, model, mode: str, seed: int,
                      runtime: Runtime) -> torch.Tensor:
     """SegRefiner over a batch, one image at a time: binary masks [B,H,W] (foreground = 1).
 
     One image per call because a single HR refinement already fills memory with its patch batch and
-    takes minutes on a CPU; stepping the progress after each image is also where a cancel request is
-    honoured.  Every image gets the same ``seed``, so an image's result does not depend on its place
+    takes minutes on a CPU.  Progress counts UNet calls and a cancel request is honoured after any
+    of them.  Every image gets the same ``seed``, so an image's result does not depend on its place
     in the batch.
     """
     if mode not in SEGREFINER_MODES:
@@ -190,15 +220,16 @@ def segrefiner_images(image: torch.Tensor, mask: torch.Tensor, model, mode: str,
     mask = check_mask(mask, "mask", single=True)
     check_same_size(image, mask, "image", "mask", "connect the mask made from this image (same size)")
     n = batch_pair(image.shape[0], mask.shape[0], "image", "mask")
-    bar = runtime.progress(n)
+    bar = UNetCallBar(runtime.progress(n), n)
     memory = net.activation_bytes(*net.spec.work_size(net.module))
     out = []
     for i in range(n):
         runtime.resident(net.module, memory)
         im = image[i if image.shape[0] > 1 else 0]
         m = mask[i if mask.shape[0] > 1 else 0]
-        out.append(refine_with_segrefiner(net.module, im, m, mode=mode, seed=seed).to(torch.float32).cpu())
-        bar.step(1)
+        out.append(refine_with_segrefiner(net.module, im, m, mode=mode, seed=seed,
+                                          progress=bar.report).to(torch.float32).cpu())
+        bar.finished()
     return torch.stack(out)
 
 

@@ -160,13 +160,17 @@ class ComfyProgress:
         import comfy.utils
 
         self._bar = comfy.utils.ProgressBar(max(1, total))
+        self._total = max(1, total)
         self._done = 0
+
+    def resize(self, total: int) -> None:
+        self._total = max(1, total)
 
     def step(self, count: int = 1) -> None:
         import comfy.model_management as mm
 
         self._done += count
-        self._bar.update_absolute(self._done)
+        self._bar.update_absolute(self._done, self._total)
         # The bar's hook throttles its updates (and the interruption check inside it): check here too.
         mm.throw_exception_if_processing_interrupted()
 

@@ -63,6 +63,9 @@ class FakeProgress:
     def step(self, count: int = 1) -> None:
         self.done += count
 
+    def resize(self, total: int) -> None:
+        self.total = total
+
 
 class FakeRuntime:
     def __init__(self) -> None:

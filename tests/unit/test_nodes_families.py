@@ -35,8 +35,10 @@ class FakeSegRefiner(nn.Module):
         self.w = nn.Parameter(torch.ones(1))
         self.seen: list[tuple] = []
 
-    def refine(self, image, coarse, mode, seed=None, noise=None):
+    def refine(self, image, coarse, mode, seed=None, noise=None, progress=None):
         self.seen.append((tuple(image.shape), tuple(coarse.shape), mode, seed))
+        for done in (1, 2):            # two "UNet calls" per image
+            progress(done, 2)
         return ((coarse > 0.5) & (image.mean(-1) > 0.3)).to(torch.uint8)
 
 
@@ -70,6 +72,9 @@ class StopAt:
                 outer.done += count
                 if outer.done >= outer.n:
                     raise KeyboardInterrupt("cancelled")
+
+            def resize(self, total):
+                pass
         return P()
 
 
@@ -196,7 +201,7 @@ def test_segrefine_pairs_images_and_masks():
     assert set(out.unique().tolist()) <= {0.0, 1.0}
     assert [s for *_, s in model.seen] == [7, 7, 7]                 # one seed for every image
     assert all(im == (20, 24, 3) and m == (20, 24) for im, m, *_ in model.seen)
-    assert runtime.bars[0].total == runtime.bars[0].done == 3
+    assert runtime.bars[0].total == runtime.bars[0].done == 6     # in UNet calls
     assert len(runtime.resident_calls) == 3
     out = ad.segrefiner_images(batch[:1], one.expand(2, -1, -1), handle, "lr", 0, runtime)   # one image, 2 masks
     assert out.shape == (2, 20, 24)
@@ -212,11 +217,26 @@ def test_segrefine_rejects_mismatched_batches_sizes_and_modes():
         ad.segrefiner_images(images(1, 20, 24), torch.zeros(1, 20, 24), model, "xl", 0, FakeRuntime())
 
 
-def test_segrefine_stops_between_images_when_cancelled():
+def test_segrefine_stops_at_the_unet_call_that_is_cancelled():
     model = fake_segrefiner()
     with pytest.raises(KeyboardInterrupt):
-        ad.segrefiner_images(images(4, 20, 24), torch.ones(1, 20, 24), model, "hr", 0, StopAt(2))
-    assert len(model.module.seen) == 2
+        ad.segrefiner_images(images(4, 20, 24), torch.ones(1, 20, 24), model, "hr", 0, StopAt(3))
+    assert len(model.module.seen) == 2     # the cancel came in the second image's first call
+
+
+def test_the_segrefine_bar_estimates_the_images_to_come():
+    bar = FakeRuntime().progress(3)
+    calls = ad.UNetCallBar(bar, 3)
+    calls.report(1, 5)
+    assert (bar.done, bar.total) == (1, 15)        # 3 images at the first one's plan so far
+    for k in range(2, 11):
+        calls.report(k, 10)                          # HR: the patches are planned after the global pass
+    calls.finished()
+    assert (bar.done, bar.total) == (10, 30)
+    calls.finished()                                 # an image with nothing to refine makes no call
+    calls.report(4, 4)
+    calls.finished()
+    assert (bar.done, bar.total) == (14, 14)
 
 
 def test_segrefine_with_the_narrow_synthetic_weights_equals_the_core_call(reference_dir):
@@ -230,8 +250,11 @@ def test_segrefine_with_the_narrow_synthetic_weights_equals_the_core_call(refere
     coarse = (((yy - 24) ** 2 + (xx - 32) ** 2) < 15 ** 2).float()[None]
     runtime = FakeRuntime()
     out = ad.segrefiner_images(image, coarse, handle, "hr", 5, runtime)
-    want = refine_with_segrefiner(model, image[0], coarse[0], mode="hr", seed=5)
+    seen: list[tuple[int, int]] = []
+    want = refine_with_segrefiner(model, image[0], coarse[0], mode="hr", seed=5,
+                                  progress=lambda d, t: seen.append((d, t)))
     assert torch.equal(out[0], want)
+    assert runtime.bars[0].done == runtime.bars[0].total == seen[-1][0] == seen[-1][1] >= 6
     assert runtime.resident_calls == [("SegRefiner", handle.activation_bytes(256, 32))]
     model.device = torch.device("meta")   # ComfyUI's ModelPatcher assigns this; the weights stay the truth
     assert model.placement()[0] == torch.device("cpu")

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 UNetFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]   # (image, mask, t) -> logits
+CallProgress = Callable[[int, int], None]   # (UNet calls done, calls planned so far)
 NoiseInput = Union[None, int, torch.Generator, Sequence, Callable[[tuple, torch.device], torch.Tensor]]
 
 
@@ -78,6 +79,39 @@ class NoiseSource:
         if tuple(u.shape) != tuple(shape):
             raise ValueError(f"noise tensor {self.drawn} has shape {list(u.shape)}, the state has {list(shape)}")
         return u
+
+
+class CallMeter:
+    """Counts UNet calls against a plan and reports ``progress(done, planned)`` after each one.
+
+    A refinement is a few dozen calls of seconds each on a CPU, so this is where progress is shown and
+    where a cancel (an exception raised by ``progress``) stops it.  The plan can grow while a
+    refinement runs: HR knows its patch count only after the global pass.
+    """
+
+    def __init__(self, progress: CallProgress | None = None) -> None:
+        self.progress = progress
+        self.done = 0
+        self.planned = 0
+
+    def plan(self, calls: int) -> None:
+        self.planned += calls
+
+    def counted(self, unet: UNetFn) -> UNetFn:
+        if self.progress is None:
+            return unet
+
+        def call(image: torch.Tensor, mask: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            out = unet(image, mask, t)
+            self.done += 1
+            self.progress(self.done, max(self.planned, self.done))
+            return out
+
+        return call
+
+
+def chunk_count(n: int, batch_max: int) -> int:
+    return -(-n // max(1, batch_max))
 
 
 def reverse_step(unet: UNetFn, image: torch.Tensor, x: torch.Tensor, fine: torch.Tensor, t: int,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .diffusion import NoiseSource, UNetFn, chunked_loop
+from .diffusion import CallMeter, NoiseSource, UNetFn, chunk_count, chunked_loop
 
 ALL_STEPS = (5, 4, 3, 2, 1, 0)
 
@@ -88,11 +88,14 @@ def paste_masks(soft: torch.Tensor, boxes: torch.Tensor, h: int, w: int) -> torc
 
 
 def refine_lr(unet: UNetFn, image: torch.Tensor, masks: torch.Tensor, noise: NoiseSource,
-                     cfg: LRConfig = LRConfig(), trace: list | None = None) -> torch.Tensor:
+                     cfg: LRConfig = LRConfig(), trace: list | None = None,
+                     meter: CallMeter | None = None) -> torch.Tensor:
     """Refine N object masks [N,H,W] (float 0/1) of one image; returns float {0,1} [N,H,W] in input order.
 
     Instances with fewer than ``area_thr`` pixels are returned unchanged, as in the official code.
+    ``meter`` counts the UNet calls (progress and cancel).
     """
+    meter = meter or CallMeter()
     h, w = masks.shape[-2:]
     out = masks.clone().float()
     keep = [i for i in range(masks.shape[0]) if int(masks[i].sum()) >= cfg.area_thr]
@@ -101,7 +104,8 @@ def refine_lr(unet: UNetFn, image: torch.Tensor, masks: torch.Tensor, noise: Noi
     imgs, objs, boxes = lr_inputs(image, masks[keep], cfg)
     if trace is not None:
         trace.append({"boxes": boxes, "obj_mask": objs})
-    soft, _ = chunked_loop(unet, imgs, objs, ALL_STEPS, noise, cfg.batch_max, trace=trace)
+    meter.plan(len(ALL_STEPS) * chunk_count(len(keep), cfg.batch_max))
+    soft, _ = chunked_loop(meter.counted(unet), imgs, objs, ALL_STEPS, noise, cfg.batch_max, trace=trace)
     if trace is not None:
         trace.append({"soft": soft})
     out[keep] = (paste_masks(soft, boxes, h, w) >= 0.5).float()
@@ -210,15 +214,18 @@ def merge_patches(probs: torch.Tensor, mask: torch.Tensor, boxes: torch.Tensor) 
 
 def refine_hr(unet: UNetFn, image: torch.Tensor, mask: torch.Tensor, noise: NoiseSource,
                     cfg: HRConfig = HRConfig(), trace: dict | None = None,
-                    patch_unet: UNetFn | None = None) -> torch.Tensor:
+                    patch_unet: UNetFn | None = None, meter: CallMeter | None = None) -> torch.Tensor:
     """Refine one [H,W] float {0,1} mask of an image with H, W >= model_size; returns float {0,1} [H,W].
 
     ``patch_unet`` (default ``unet``) runs the full-resolution patches, e.g. a bf16 twin of ``unet``.
+    ``meter`` counts the UNet calls: the global steps first, the patch calls once they are known.
     """
+    meter = meter or CallMeter()
     h, w = mask.shape
     g_img, g_mask = global_inputs(image, mask, cfg.model_size)
     steps = [] if trace is not None else None
-    soft, fine = chunked_loop(unet, g_img, g_mask, ALL_STEPS[:-1], noise, cfg.batch_max, trace=steps)
+    meter.plan(len(ALL_STEPS) - 1)
+    soft, fine = chunked_loop(meter.counted(unet), g_img, g_mask, ALL_STEPS[:-1], noise, cfg.batch_max, trace=steps)
     glob = (F.interpolate(soft, size=(h, w)) >= 0.5).float()[0, 0]
     nms = patch_boxes(fine, h, w, cfg)
     boxes = mixed_boxes(glob, nms)
@@ -226,7 +233,9 @@ def refine_hr(unet: UNetFn, image: torch.Tensor, mask: torch.Tensor, noise: Nois
         trace.update(g_mask_in=g_mask, steps=steps, g_fine=fine, g_up=glob, nms_boxes=nms, patch_boxes=boxes)
     if boxes.shape[0] == 0:
         return glob
-    logits = local_logits(patch_unet or unet, image, glob, boxes, patch_batch(cfg, image.device))
+    batch = patch_batch(cfg, image.device)
+    meter.plan(chunk_count(boxes.shape[0], batch))
+    logits = local_logits(meter.counted(patch_unet or unet), image, glob, boxes, batch)
     if trace is not None:
         trace["patch_logits"] = logits
     return merge_patches(logits.sigmoid(), glob, boxes)

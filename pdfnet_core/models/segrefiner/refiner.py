@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .unet import SegRefinerNet, SegRefinerUNetConfig
-from .diffusion import NoiseInput, NoiseSource, UNetFn
+from .diffusion import CallMeter, CallProgress, NoiseInput, NoiseSource, UNetFn
 from .modes import LRConfig, HRConfig, refine_lr, refine_hr
 
 # mmcv Normalize of the official configs (RGB order, 0..255 scale)
@@ -72,19 +72,22 @@ class Mode:
     """One refinement strategy: the coarse-mask rank it takes and how it runs."""
 
     ndim: int
-    run: Callable[["SegRefiner", torch.Tensor, torch.Tensor, NoiseSource, object], torch.Tensor]
+    run: Callable[["SegRefiner", torch.Tensor, torch.Tensor, NoiseSource, object, CallMeter], torch.Tensor]
     description: str
 
 
-def _run_lr(model: "SegRefiner", image: torch.Tensor, masks: torch.Tensor, noise: NoiseSource, trace) -> torch.Tensor:
+def _run_lr(model: "SegRefiner", image: torch.Tensor, masks: torch.Tensor, noise: NoiseSource, trace,
+            meter: CallMeter) -> torch.Tensor:
     out = masks.float().clone()
     todo = [i for i in range(masks.shape[0]) if not _unchanged(masks[i])]
     if todo:
-        out[todo] = refine_lr(model.unet, image, masks[todo].float(), noise, model.lr_config, trace=trace)
+        out[todo] = refine_lr(model.unet, image, masks[todo].float(), noise, model.lr_config, trace=trace,
+                              meter=meter)
     return out
 
 
-def _run_hr(model: "SegRefiner", image: torch.Tensor, mask: torch.Tensor, noise: NoiseSource, trace) -> torch.Tensor:
+def _run_hr(model: "SegRefiner", image: torch.Tensor, mask: torch.Tensor, noise: NoiseSource, trace,
+            meter: CallMeter) -> torch.Tensor:
     if _unchanged(mask, HR_EMPTY_PX + 1):
         return mask.float()
     h, w = mask.shape
@@ -94,7 +97,7 @@ def _run_hr(model: "SegRefiner", image: torch.Tensor, mask: torch.Tensor, noise:
         image = F.pad(image, (0, pw, 0, ph), mode="replicate")
         mask = F.pad(mask, (0, pw, 0, ph))
     out = refine_hr(model.unet, image, mask.float(), noise, model.hr_config, trace=trace,
-                    patch_unet=model.unet_in(model.hr_config.patch_dtype))
+                    patch_unet=model.unet_in(model.hr_config.patch_dtype), meter=meter)
     return out[:h, :w]
 
 
@@ -139,13 +142,15 @@ class SegRefiner(SegRefinerNet):
 
     @torch.inference_mode()
     def refine(self, image, coarse, mode: str, seed: int | None = None, noise: NoiseInput = None,
-               trace=None):
+               trace=None, progress: CallProgress | None = None):
         """Refine coarse mask(s) of one RGB image (uint8 [H,W,3], or float 0..1).
 
         ``coarse``: [N,H,W] (mode "lr", one mask per object; [H,W] is taken as one object) or [H,W]
         (mode "hr"), binarised at 0.5 (see the module doc).  ``noise``: optional injected uniform
         tensors, one per non-final step in call order (overrides ``seed``).  ``trace``: a list (lr) or
-        dict (hr) that receives the intermediate states, for step-by-step comparison.  Returns uint8 {0,1}
+        dict (hr) that receives the intermediate states, for step-by-step comparison.  ``progress(done,
+        planned)`` is called after every UNet call (raise from it to stop); ``planned`` grows in mode
+        hr once the global pass has chosen the patches.  Returns uint8 {0,1}
         masks of the coarse input's shape, as numpy when ``coarse`` was numpy, else a CPU tensor.
         """
         spec = MODES.get(mode)
@@ -163,19 +168,21 @@ class SegRefiner(SegRefinerNet):
             raise ValueError(f"the coarse mask is {list(masks.shape[-2:])} but the image is "
                              f"{list(img.shape[-2:])} (height, width); they must match")
         source = NoiseSource(noise if noise is not None else seed, device)
-        out = spec.run(self, img, masks.to(device), source, trace)
+        out = spec.run(self, img, masks.to(device), source, trace, CallMeter(progress))
         out = out.to(torch.uint8).cpu()
         if squeeze:
             out = out[0]
         return out.numpy() if isinstance(coarse, np.ndarray) else out
 
 
-def refine_with_segrefiner(model: SegRefiner, image, mask, mode: str = "hr", seed: int | None = 0) -> torch.Tensor:
+def refine_with_segrefiner(model: SegRefiner, image, mask, mode: str = "hr", seed: int | None = 0,
+                           progress: CallProgress | None = None) -> torch.Tensor:
     """ComfyUI-friendly: image [H,W,3] float 0..1 or uint8, mask [H,W] float 0..1 (foreground 1).
 
     Returns the refined mask as float32 {0,1} [H,W] on the mask's device (a CPU tensor for numpy
     input).  The mask is binarised at 0.5 first; SegRefiner's output is binary, so soft edges are lost.
+    ``progress``: as in ``SegRefiner.refine`` (UNet calls).
     """
-    out = model.refine(image, mask, mode, seed=seed)
+    out = model.refine(image, mask, mode, seed=seed, progress=progress)
     out = torch.as_tensor(out).float()
     return out.to(mask.device) if isinstance(mask, torch.Tensor) else out
