@@ -155,7 +155,8 @@ def main() -> None:
                   f"max |diff| {worst}/255" + ("" if len(got) == len(reference) else f" ({len(got)} written)"))
             report(args.summary, f"CLI batch, {name}", args.dtype, f"{args.images} mixed photos, network {args.size}²",
                    args.images / rate, peak_rss_gib(), f"{rate / seq:.2f}x the sequential loop's images/s, "
-                   f"{same}/{len(reference)} PNGs identical (max |diff| {worst}/255)")
+                   + (f"all {same} PNGs identical" if same == len(reference) else
+                    f"{same}/{len(reference)} PNGs identical, the others within {worst}/255"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -47,9 +47,12 @@ def _runs() -> dict[str, list[list[str]]]:
 
 def table(rows: list[dict]) -> str:
     lines = ["| model | dtype | size | seconds | peak memory | compared with |", "|---|---|---|---|---|---|"]
+    def cell(text) -> str:
+        return str(text or "").replace("|", "\\|")   # a pipe would end the Markdown cell
+
     for r in rows:
-        lines.append(f"| {r['model']} | {r['dtype']} | {r['size']} | {r['seconds']:.1f} | {r['peak_gib']:.2f} GiB | "
-                     f"{r['versus'] or ''} |")
+        lines.append(f"| {cell(r['model'])} | {cell(r['dtype'])} | {cell(r['size'])} | {r['seconds']:.1f} | "
+                     f"{r['peak_gib']:.2f} GiB | {cell(r['versus'])} |")
     return "\n".join(lines)
 
 

@@ -24,7 +24,7 @@ class PDFNetSegRefine(io.ComfyNode):
             description="Refines a coarse mask (from PDFNet, BiRefNet, any segmenter or drawn by hand) with "
                         "SegRefiner (NeurIPS 2023), a discrete diffusion over the mask's pixels. The output is "
                         "binary (0 or 1): soft edges are lost. SLOW on a CPU: one UNet step at 256x256 takes about "
-                        "4 s (float32), and hr refinement of a 1024x1024 image takes minutes.",
+                        "2 to 4 s (float32), and hr refinement of a 1024x1024 image takes minutes.",
             search_aliases=["segrefiner", "refine mask", "mask refinement", "diffusion refine"],
             inputs=[
                 io.Image.Input("image", tooltip="The image the mask was made from"),
@@ -38,7 +38,7 @@ class PDFNetSegRefine(io.ComfyNode):
                                        "full resolution in 256x256 patches (for high-resolution images; use "
                                        "segrefiner_hr_latest.pth). lr: the object's box refined at 256x256 (for "
                                        "small objects and instance masks; use segrefiner_lr_latest.pth). WARNING: "
-                                       "on a CPU one UNet step at 256x256 takes about 4 s; hr on a 1024x1024 image "
+                                       "on a CPU one UNet step at 256x256 takes 2 to 4 s; hr on a 1024x1024 image "
                                        "takes minutes, more on larger images."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
                              tooltip="Seed of the diffusion's random draws; the same seed gives the same mask. "
