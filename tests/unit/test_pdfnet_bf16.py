@@ -3,7 +3,8 @@
 bf16 keeps 8 bits of mantissa, so logits move by far more than the fp32 parity tolerance, and a
 BIS threshold or a patch tile can flip; what must hold is the mask.  The synthetic weights are made
 to give unsaturated outputs (final logit std 0.7, many pixels near alpha 0.5), so the plain IoU at
-0.5 counts every pixel within bf16 noise of the threshold (0.93 at 256, also with autocast);
+0.5 counts every pixel within bf16 noise of the threshold (0.93 at 256, also with autocast; fp32
+with only its inputs rounded to bf16 already gives 0.9915, and the foreground is 5% of the image);
 the assertion is on the pixels fp32 decides by more than the bound on |delta alpha|, and on that
 bound.  IoU, max and mean |delta alpha| are printed (pytest -s) and recorded as properties of the
 test (--junitxml).
