@@ -178,27 +178,32 @@ def _run(model: str, size: int, args, extra: list[str]) -> dict | None:
     return r
 
 
-def _ratios(ours: list[dict], core: list[dict]) -> str:
-    def med(rows, key):
-        return statistics.median(statistics.median(r[key]) if isinstance(r[key], list) else r[key] for r in rows)
+def _median(runs: list[dict], key: str) -> float:
+    """The median over rounds (fresh processes) of one measurement, itself a median where a run repeats."""
+    return statistics.median(statistics.median(r[key]) if isinstance(r[key], list) else r[key] for r in runs)
 
-    return (f"ours/core over {len(ours)} round(s): wall {med(ours, 'seconds') / med(core, 'seconds'):.2f}, "
-            f"cpu {med(ours, 'cpu_seconds') / med(core, 'cpu_seconds'):.2f}, forward memory "
-            f"{med(ours, 'peak_gib') - med(ours, 'before_gib'):.2f} / {med(core, 'peak_gib') - med(core, 'before_gib'):.2f} GiB"
+
+def _ratios(ours: list[dict], core: list[dict]) -> str:
+    return (f"ours/core over {len(ours)} round(s): wall {_median(ours, 'seconds') / _median(core, 'seconds'):.2f}, "
+            f"cpu {_median(ours, 'cpu_seconds') / _median(core, 'cpu_seconds'):.2f}, forward memory "
+            f"{_median(ours, 'peak_gib') - _median(ours, 'before_gib'):.2f} / "
+            f"{_median(core, 'peak_gib') - _median(core, 'before_gib'):.2f} GiB"
             f" (torch {ours[0]['torch']} / {core[0]['torch']})")
 
 
-def _report(path: str | None, model: str, r: dict, core: list[dict] | None = None) -> None:
+def _report(path: str | None, model: str, ours: list[dict], core: list[dict] | None = None) -> None:
+    """One summary row from the medians over the rounds, ours as well as core's."""
     sys.path[:0] = [str(ROOT)]
     from benchmarks.measure import report
 
     label = f"BiRefNet {model}" if model in BIREFNET_MODELS else model
+    seconds, peak = _median(ours, "seconds"), _median(ours, "peak_gib")
     versus = ""
     if core:
-        wall = statistics.median(r["seconds"]) / statistics.median(statistics.median(c["seconds"]) for c in core)
-        peak = r["peak_gib"] / statistics.median(c["peak_gib"] for c in core)
-        versus = f"{wall:.2f}x ComfyUI core's time, {peak:.2f}x its peak"
-    report(path, label, r["dtype"], f"{r['size']}² {r['device']}", statistics.median(r["seconds"]), r["peak_gib"], versus)
+        versus = (f"{seconds / _median(core, 'seconds'):.2f}x ComfyUI core's time, "
+                  f"{peak / _median(core, 'peak_gib'):.2f}x its peak")
+    r = ours[0]
+    report(path, label, r["dtype"], f"{r['size']}² {r['device']}", seconds, peak, versus)
 
 
 def main() -> None:
@@ -249,7 +254,7 @@ def main() -> None:
                 if not against_core:
                     r = _run(model, size, args, extra)
                     if r is not None:
-                        _report(args.summary, model, r)
+                        _report(args.summary, model, [r])
                     continue
                 ours, core = [], []
                 for _ in range(max(1, args.rounds)):
@@ -259,7 +264,7 @@ def main() -> None:
                             rows.append(r)
                 if ours and core:
                     print(f"{'':>15} {size:>6} {_ratios(ours, core)}", flush=True)
-                    _report(args.summary, model, ours[0], core)
+                    _report(args.summary, model, ours, core)
             if model in BIREFNET_MODELS:   # the Swin-L file is ~0.9 GB: free the disk before the next model
                 Path(extra[1]).unlink()
     finally:
