@@ -78,8 +78,8 @@ def main() -> None:
     import torch
 
     from pdfnet_core.batch.config import CutoutConfig
-    from pdfnet_core.batch.engine import run_cutout
-    from pdfnet_core.batch.work import load_models
+    from pdfnet_core.batch.runner import run_cutout
+    from pdfnet_core.batch.stages import load_models
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -142,7 +142,7 @@ def stages_child(photo: str, weights: str, depth_weights: str, out: str, foregro
     with torch.no_grad():
         depth = stage("depth prior", lambda: depth_prior(image[None], depth_model)[0])
         alpha = stage("segment (given depth)", lambda: segment(image[None], depth[None], model)[0])
-    del depth
+    depth = None   # freed before the foreground stage, as the CLI frees it
     fg = stage(f"foreground {foreground}", lambda: estimate_foreground(image[None], alpha[None], foreground).foreground)
     rgba = stage("to_rgba", lambda: to_rgba(fg, alpha[None])[0])
     arr = stage("to_uint8 (banded)", lambda: to_uint8(rgba))

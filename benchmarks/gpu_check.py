@@ -131,7 +131,7 @@ def parity(setup: Setup) -> list[Row]:
             logits = net(image)
         rows.append(_parity_row(f"BiRefNet {variant} ({order} patch order) logits", logits,
                                 np.load(ref / "birefnet" / f"{variant}_seed0_256x256_logits_{suffix}.npy"), 2e-4))
-        del net
+        net = None
 
     from pdfnet_core.models.segrefiner.refiner import normalize_image
 
@@ -174,7 +174,7 @@ def agreement(setup: Setup) -> list[Row]:
         net = birefnet(setup, "swin_v1_t", dtype)
         with torch.no_grad():
             outputs["birefnet"][dtype] = net(birefnet_input.to(dev, dtype)).float().sigmoid()
-        del net
+        net = None
     rows = []
     for family, label in (("pdfnet", f"PDFNet {case}"), ("birefnet", "BiRefNet swin_v1_t 256²")):
         for dtype, dname in ((torch.float16, "fp16"), (torch.bfloat16, "bf16")):
@@ -218,14 +218,14 @@ def throughput(setup: Setup, dtypes: tuple[str, ...]) -> list[Row]:
                 lambda: segment(photos, model=model, depth_model=dam, size=size, batch_size=batch), batch, dev, repeats)
             rows.append(Row("throughput", f"PDFNet + depth (vits) {size}² {dname} batch {batch}",
                             f"{speed:.2f} images/s, peak {peak:.2f} GiB"))
-        del model, dam
+        model = dam = None
         net = birefnet(setup, "swin_v1_t" if setup.quick else "swin_v1_l", dtype)
         for batch in batches:
             x = torch.randn(batch, 3, size, size, device=dev, dtype=dtype)
             speed, peak = _images_per_second(lambda: net(x), batch, dev, repeats)
             rows.append(Row("throughput", f"BiRefNet {net.config.name} {size}² {dname} batch {batch}",
                             f"{speed:.2f} images/s, peak {peak:.2f} GiB"))
-        del net
+        net = None
         if dev.type == "cuda":
             torch.cuda.empty_cache()
     return rows

@@ -95,7 +95,7 @@ def child(family: str, variant: str | None, side: int, batch: int, device: str) 
 
 def current_estimate(family: str, variant: str | None, side: int) -> float:
     sys.path[:0] = [str(ROOT)]
-    from pdfnet_core.registry import family as spec_of
+    from pdfnet_core.families import family as spec_of
 
     return spec_of(family).activation_bytes(side, 1, "fp32", variant) / 2**20
 

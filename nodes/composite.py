@@ -6,7 +6,7 @@ from comfy_api.latest import io
 from pdfnet_core import FIT_MODES, check_mask, composite_over_color, composite_over_image, to_rgba
 
 from . import host
-from .batches import foreground_to_loadimage_mask, loadimage_mask_to_foreground, node_image
+from .adapters import foreground_to_loadimage_mask, loadimage_mask_to_foreground, node_image
 
 
 POLARITIES = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from . import host
-from .batches import DEPTH_NORMALISATIONS, estimate_depth_images
+from .adapters import DEPTH_NORMALISATIONS, estimate_depth_images
 from .io_types import DepthAnythingModel
 
 

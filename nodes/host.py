@@ -4,8 +4,9 @@
   ``folder_paths`` by appending, so paths from extra_model_paths.yaml (read before custom nodes)
   keep their place; only weight files are listed.  A download goes to the first registered folder.
 * Residency: every model that enters pdfnet_core's process-wide cache is wrapped in ComfyUI's
-  model patcher and made resident with ``load_models_gpu`` before each use, so ComfyUI's memory
-  manager can offload it under pressure like any of its own models.
+  model patcher (the cache's residency hook), and ``resident`` hands that patcher to
+  ``load_models_gpu`` before each batch, so ComfyUI's memory manager can offload it under pressure
+  like any of its own models.
 * Devices and dtypes come from ``comfy.model_management`` at call time (never at import).
 * Progress goes to ``comfy.utils.ProgressBar``, whose hook raises when the user cancels.
 
@@ -19,13 +20,8 @@ from typing import Any
 
 import torch
 
-from pdfnet_core import DTYPES, FAMILIES, WEIGHT_SUFFIXES, CacheKey, InputError, auto_dtype, default_cache
-
-NodeInputError = InputError
-
-
-
-DTYPE_CHOICES = ("auto", "fp32", "fp16", "bf16")
+from pdfnet_core import (DTYPE_CHOICES, DTYPES, FAMILIES, WEIGHT_SUFFIXES, CacheKey, InputError, auto_dtype,
+                         default_cache)
 
 
 # --------------------------------------------------------------------------------------------
@@ -104,7 +100,7 @@ def resolve_dtype(choice: str, auto_dtypes: tuple[torch.dtype, ...], device: tor
 
     if choice != "auto":
         if choice not in DTYPES:
-            raise NodeInputError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}, got {choice!r}")
+            raise InputError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}, got {choice!r}")
         return DTYPES[choice]
     if getattr(mm, "FORCE_FP32", False):
         return torch.float32
@@ -123,7 +119,7 @@ def resolve_dtype(choice: str, auto_dtypes: tuple[torch.dtype, ...], device: tor
 
 
 class ComfyResidency:
-    """pdfnet_core ResidencyHook that hands each cached model to ComfyUI's model management."""
+    """pdfnet_core ResidencyHook: each cached model gets a ComfyUI model patcher for its lifetime."""
 
     def wrap(self, model: torch.nn.Module, key: CacheKey) -> Any:
         import comfy.model_management as mm
@@ -133,12 +129,6 @@ class ComfyResidency:
         # ModelPatcher where it is not.  Looked up now: main.py may swap it at start-up.
         patcher = getattr(mp, "CoreModelPatcher", mp.ModelPatcher)
         return patcher(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
-
-    def ensure_resident(self, handle: Any, memory_required: int) -> None:
-        import comfy.model_management as mm
-
-        # Plain torch modules cannot run partially loaded (no comfy.ops casting), hence full loads.
-        mm.load_models_gpu([handle], memory_required=memory_required, force_full_load=True)
 
     def release(self, handle: Any) -> None:
         # Evicted from the cache: give the device memory back now, not at ComfyUI's next sweep.
@@ -154,33 +144,30 @@ def install_residency_hook() -> None:
 
 
 class ComfyProgress:
-    """One ComfyUI progress bar per node run; every step also honours a cancel request."""
+    """A node run's ComfyUI progress bar as pdfnet_core's ``progress(done, total)``; every call also
+    honours a cancel request."""
 
     def __init__(self, total: int) -> None:
         import comfy.utils
 
         self._bar = comfy.utils.ProgressBar(max(1, total))
-        self._total = max(1, total)
-        self._done = 0
 
-    def resize(self, total: int) -> None:
-        self._total = max(1, total)
-
-    def step(self, count: int = 1) -> None:
+    def __call__(self, done: int, total: int) -> None:
         import comfy.model_management as mm
 
-        self._done += count
-        self._bar.update_absolute(self._done, self._total)
+        self._bar.update_absolute(done, max(1, total))
         # The bar's hook throttles its updates (and the interruption check inside it): check here too.
         mm.throw_exception_if_processing_interrupted()
 
 
 class ComfyRuntime:
     def resident(self, model: torch.nn.Module, memory_required: int) -> None:
+        """Before each batch: ComfyUI loads the model's patcher onto its device with room for the activations."""
         import comfy.model_management as mm
 
         mm.throw_exception_if_processing_interrupted()
-        default_cache().ensure_resident(model, memory_required)
+        # Plain torch modules cannot run partially loaded (no comfy.ops casting), hence full loads.
+        mm.load_models_gpu([default_cache().handle_for(model)], memory_required=memory_required, force_full_load=True)
 
     def progress(self, total: int) -> ComfyProgress:
         return ComfyProgress(total)

@@ -6,20 +6,14 @@ this against stand-ins for ``folder_paths`` and ``comfy.*``.
 """
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any, Sequence
 
-import torch
 
-from pdfnet_core import (WEIGHT_SUFFIXES, InputError, LoadedModel, default_cache, ensure_model_file, family,
-                         hf_url, known_files, lookup, model_name_problem)
+from pdfnet_core import (WEIGHT_SUFFIXES, InputError, LoadedModel, ensure_model_file, family, hf_url, known_files,
+                         load_cached, lookup, model_name_problem)
 
 from . import host
-
-log = logging.getLogger("pdfnet_core")
-
-NodeInputError = InputError
 
 
 def is_weight_file(name: str) -> bool:
@@ -106,14 +100,14 @@ def model_path(family_name: str, name: str, download: bool) -> str:
     folder_key = family(family_name).folder_key
     problem = name_problem(name)
     if problem:
-        raise NodeInputError(_unsafe(name, folder_key, problem))
+        raise InputError(_unsafe(name, folder_key, problem))
     found = host.find_model(folder_key, name)
     if found is not None:
         return found
     folders = host.model_folders(folder_key)
     entry = lookup(os.path.basename(name))
     if not download or entry is None or entry.folder_key != folder_key or not entry.on_hub or not folders:
-        raise NodeInputError(missing_model_message(folder_key, name, folders, False))
+        raise InputError(missing_model_message(folder_key, name, folders, False))
     # ensure_model_file is atomic and verified; its errors already name the URL and the folder.
     return os.fspath(ensure_model_file(entry, folders[0], allow_download=True))
 
@@ -122,31 +116,22 @@ def load_model(family_name: str, name: str, dtype_choice: str = "auto", download
                **choices: str) -> LoadedModel:
     """The cached model for this file/dtype/device(/loader options), read from disk only on a cache miss.
 
-    It is built on ComfyUI's offload device; the residency hook moves it to the load device when a
-    node runs it.  Two loader nodes naming the same file (and options) share one model.  ``choices``
-    are the family's loader options as the widgets give them (e.g. patch_order="auto"); they are
-    resolved first, so the cache keys on what is actually built.
+    It is built on ComfyUI's offload device; ``host.ComfyRuntime.resident`` moves it to the load
+    device when a node runs it.  Two loader nodes naming the same file (and options) share one
+    model, as does any other path of the process that loads it (``pdfnet_core.load_cached``).
+    ``choices`` are the family's loader options as the widgets give them (e.g. patch_order="auto").
     """
     spec = family(family_name)
     try:
-        options = {key: spec.option(key).value(choice, os.path.basename(name)) for key, choice in choices.items()}
+        for option, choice in choices.items():
+            spec.option(option).value(choice, os.path.basename(name))   # a bad widget value, before any file work
     except (KeyError, ValueError) as exc:
-        raise NodeInputError(str(exc).strip("'\"")) from exc
+        raise InputError(str(exc).strip("'\"")) from exc
     path = model_path(family_name, name, download)
-    device, parked = host.load_device(), host.offload_device()
+    device = host.load_device()
     dtype = host.resolve_dtype(dtype_choice, spec.auto_dtypes, device)
-
-    def build() -> torch.nn.Module:
-        try:
-            module = spec.load(path, device=parked, dtype=dtype, **options)
-        except (ValueError, OSError) as exc:   # CheckpointError is a ValueError
-            where = "" if path in str(exc) else f" ({path})"   # checkpoint errors name the file already
-            raise NodeInputError(f"model_name {name!r}{where} cannot be used as a {spec.label} model: {exc}") from exc
-        # Logged once per model: the loader runs only on a cache miss.
-        log.info("PDFNet pack: %s from %s runs on %s in %s (parked on %s when ComfyUI offloads it)",
-                 spec.describe_module(module), os.path.basename(path), device, str(dtype).removeprefix("torch."),
-                 parked)
-        return module
-
-    tag = ";".join([family_name, *(f"{k}={v}" for k, v in sorted(options.items()))])
-    return LoadedModel(default_cache().get_or_load(path, dtype, device, build, tag=tag), spec)
+    try:
+        return load_cached(spec, path, device=device, dtype=dtype, park=host.offload_device(), **choices)
+    except (ValueError, OSError) as exc:   # CheckpointError is a ValueError
+        where = "" if path in str(exc) else f" ({path})"   # checkpoint errors name the file already
+        raise InputError(f"model_name {name!r}{where} cannot be used as a {spec.label} model: {exc}") from exc

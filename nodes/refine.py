@@ -3,25 +3,21 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from pdfnet_core import FOREGROUND_METHODS, GUIDES, TEMPORAL_METHODS
+
 from . import host
-from .batches import TEMPORAL_OFF, estimate_foreground_images, refine_config, refine_masks
+from .adapters import TEMPORAL_OFF, estimate_foreground_images, refine_config, refine_masks
 
 
 def _guides() -> list[str]:
-    from pdfnet_core import GUIDES
-
     return list(GUIDES)
 
 
 def _temporal_methods() -> list[str]:
-    from pdfnet_core import TEMPORAL_METHODS
-
     return [TEMPORAL_OFF, *TEMPORAL_METHODS]
 
 
 def _foreground_methods() -> list[str]:
-    from pdfnet_core import FOREGROUND_METHODS
-
     return list(FOREGROUND_METHODS)
 
 

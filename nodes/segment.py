@@ -6,7 +6,7 @@ from comfy_api.latest import io
 from pdfnet_core import RESIZE_MODES, SegmentOptions, premultiply
 
 from . import host
-from .batches import segment_images, segmenter_of
+from .adapters import segment_images, segmenter_of
 from .io_types import BiRefNetModel, DepthAnythingModel, PDFNetModel
 
 # The segmentation models the node accepts; each family's spec says how it is run.

@@ -3,15 +3,15 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from pdfnet_core import SEGREFINER_MODES
+
 from . import host
-from .batches import segrefiner_images
+from .adapters import segrefiner_images
 from .io_types import SegRefinerModel
 
 
 def _modes() -> list[str]:
-    from pdfnet_core import SEGREFINER_MODES as MODES
-
-    return list(MODES)
+    return list(SEGREFINER_MODES)
 
 
 class PDFNetSegRefine(io.ComfyNode):

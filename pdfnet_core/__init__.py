@@ -27,16 +27,20 @@ _export("pdfnet_core.models.depth_anything", "load_depth_anything")
 _export("pdfnet_core.models.birefnet", "load_birefnet", "BiRefNet")
 _export("pdfnet_core.models.segrefiner", "load_segrefiner", "refine_with_segrefiner")
 _export("pdfnet_core.models.segrefiner.refiner", SEGREFINER_MODES="MODES")
-_export("pdfnet_core.precision", "auto_dtype", "bf16_supported")
-_export("pdfnet_core.weights", "CheckpointError", "read_state_dict", "save_safetensors", "DTYPES", "WEIGHT_SUFFIXES",
+_export("pdfnet_core.precision", "auto_dtype", "bf16_supported", "resolve_device", "DTYPES", "DTYPE_CHOICES",
         "as_dtype")
+_export("pdfnet_core.weights", "CheckpointError", "read_state_dict", "save_safetensors", "WEIGHT_SUFFIXES")
 # families, known files, downloads, the model cache
-_export("pdfnet_core.specs", "FamilySpec", "LoadedModel", "ModelEntry", "Progress", "BeforeRun")
-_export("pdfnet_core.registry", "FAMILIES", "family", "family_of", "as_loaded", "known_files", "lookup", "hf_url")
+_export("pdfnet_core.specs", "FamilySpec", "LoadedModel", "ModelEntry", "Progress", "BeforeRun", "hf_url")
+_export("pdfnet_core.families", "FAMILIES", "family", "family_of", "as_loaded", "known_files", "lookup")
+_export("pdfnet_core.fingerprints", "identify")
 _export("pdfnet_core.download", "ensure_model_file", "model_name_problem", "ModelDownloadError")
 _export("pdfnet_core.cache", "default_cache", "CacheKey")
+_export("pdfnet_core.loading", "load_cached")
+_export("pdfnet_core.defaults", "default_model", "default_model_path", "models_dir")
 # running models
-_export("pdfnet_core.pipeline", "segment", "segmenter", "SegmentOptions", RESIZE_MODES="PLACEMENTS")
+_export("pdfnet_core.pipeline", "segment", "segmenter")
+_export("pdfnet_core.segment_options", "SegmentOptions", "RESIZE_MODES")
 _export("pdfnet_core.depth", "estimate_depth", "depth_prior", "normalize_depth")
 # tensor operations
 _export("pdfnet_core.ops.checks", "InputError", "InputTypeError", "check_image", "check_mask", "check_same_size",

@@ -5,34 +5,11 @@ and mtime_ns, so an overwritten file is reloaded) or an explicit in-memory name;
 device; and a free-form ``tag`` for loaders that build different models from one file.  Entries
 are kept in least-recently-used order under a memory budget counted as parameter + buffer bytes.
 
-Where the weights physically live is not decided here.  A ``ResidencyHook`` wraps each model when it
-enters the cache and is asked to make it resident before each use; the default hook does nothing
-(the model stays where its loader put it).  Inside ComfyUI the pack plugs in a hook that hands the
-model to ComfyUI's memory manager, e.g. in ``nodes/comfy_models.py``::
-
-    import comfy.model_management as mm
-    import comfy.model_patcher as mp
-    from pdfnet_core.cache import default_cache
-
-    _Patcher = getattr(mp, "CoreModelPatcher", mp.ModelPatcher)
-
-    class ComfyResidency:
-        def wrap(self, model, key):
-            # the cache loads on the offload device; ComfyUI moves weights to the load device on demand
-            return _Patcher(model, load_device=mm.get_torch_device(),
-                            offload_device=mm.unet_offload_device())
-
-        def ensure_resident(self, handle, memory_required):
-            # plain nn.Modules cannot run partially loaded, hence force_full_load
-            mm.load_models_gpu([handle], memory_required=memory_required, force_full_load=True)
-
-        def release(self, handle):
-            # evicted from our cache: give the VRAM back now rather than when ComfyUI next looks
-            handle.detach()
-
-    default_cache().set_residency_hook(ComfyResidency())
-
-and before running a model: ``default_cache().ensure_resident(model, activation_bytes_estimate(...))``.
+Where the weights physically live is not decided here.  A ``ResidencyHook`` wraps each model when
+it enters the cache (``wrap`` returns a handle, e.g. ComfyUI's ModelPatcher, which ``handle_for``
+gives back) and is told when it leaves (``release``); the default hook does nothing.  Inside
+ComfyUI the node layer's hook wraps each model in ComfyUI's model patcher, and the nodes make it
+resident through ComfyUI's memory manager before each run (``nodes/host.py``).
 
 Hook methods are called from whatever thread uses the cache; ``wrap`` is called with the cache's lock
 held and must not call back into the cache.
@@ -51,7 +28,7 @@ from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 import torch
 from torch import nn
 
-from .weights import as_dtype
+from .precision import as_dtype
 
 log = logging.getLogger("pdfnet_core")
 
@@ -121,13 +98,10 @@ def make_key(source: str | os.PathLike | Source, dtype: torch.dtype | str, devic
 
 @runtime_checkable
 class ResidencyHook(Protocol):
-    """How cached models are made resident on their compute device (see the module docstring)."""
+    """What stands for each cached model in a host's memory manager (see the module docstring)."""
 
     def wrap(self, model: nn.Module, key: CacheKey) -> Any:
         """Return the handle that stands for ``model`` in later calls (called once per cache entry)."""
-
-    def ensure_resident(self, handle: Any, memory_required: int) -> None:
-        """Make the model ready to run, leaving ``memory_required`` bytes free for activations."""
 
     def release(self, handle: Any) -> None:
         """The model left the cache (evicted, stale or cleared): free what the handle holds."""
@@ -137,9 +111,6 @@ class NullResidency:
     """The library default: models stay where their loader put them."""
 
     def wrap(self, model: nn.Module, key: CacheKey) -> Any:
-        return None
-
-    def ensure_resident(self, handle: Any, memory_required: int) -> None:
         return None
 
     def release(self, handle: Any) -> None:
@@ -380,20 +351,12 @@ class ModelCache:
 
     # ---- use ---------------------------------------------------------------------------------
 
-    def ensure_resident(self, model: nn.Module, memory_required: int = 0) -> None:
-        """Ask the residency hook to make ``model`` ready to run with ``memory_required`` bytes spare.
+    def handle_for(self, model: nn.Module) -> Any:
+        """The residency hook's handle for ``model`` (e.g. ComfyUI's ModelPatcher), before each use.
 
         Marks the model as recently used.  A model evicted earlier but still in use is taken back
         into the cache first.  Raises ValueError for a model that did not come from this cache.
         """
-        handle, hook = self._handle_and_hook(model)
-        hook.ensure_resident(handle, int(memory_required))
-
-    def handle_for(self, model: nn.Module) -> Any:
-        """The residency hook's handle for ``model`` (e.g. ComfyUI's ModelPatcher)."""
-        return self._handle_and_hook(model)[0]
-
-    def _handle_and_hook(self, model: nn.Module) -> tuple[Any, ResidencyHook]:
         released: list = []
         with self._lock:
             key = self._key_of.get(model)
@@ -407,9 +370,9 @@ class ModelCache:
                 entry = self._entries[key]
             else:
                 self._entries.move_to_end(key)
-            handle, hook = self._wrap(entry, key), self._hook
+            handle = self._wrap(entry, key)
         self._release(released)
-        return handle, hook
+        return handle
 
     # ---- inspection --------------------------------------------------------------------------
 

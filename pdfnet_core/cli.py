@@ -3,7 +3,8 @@
 ``cutout`` is the batch job (pdfnet_core.batch): files, folders and filesystem URIs of photos in,
 RGBA cut-outs (and optionally masks and composites) out, a progress bar or one line per file, a
 resumable ``manifest.jsonl`` in ``--out``, on one machine or a Ray cluster.  This module only
-turns arguments into a ``CutoutConfig`` and exit statuses.
+turns arguments into a ``CutoutConfig`` and exit statuses; choices and defaults come from the
+modules that own them.
 """
 from __future__ import annotations
 
@@ -15,22 +16,25 @@ import traceback
 from pathlib import Path
 from typing import Callable, Sequence
 
+from tqdm import tqdm
+
+from .batch.runner import run_cutout
 from .batch.config import DEFAULT_MAX_PIXELS, ENGINES, MAX_PIXELS_ENV, OUTPUT_FORMATS, CutoutConfig, Shard, UsageError
-
-# Exit statuses of every command (also in --help and README's "Command line").
-EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_CRASH = 0, 1, 2, 3
-EXIT_STATUSES = """exit status:
-  0  every input was written or was already done
-  1  some inputs failed (each is listed at the end); the others were written
-  2  usage, set-up or model error: nothing was processed (bad option, --out not writable,
-     unreadable --background-image, missing or wrong weights)
-  3  unexpected internal error (a bug): a traceback is printed"""
-
-
-def run_cutout(cfg: CutoutConfig) -> int:
-    from .batch.engine import run_cutout as run
-
-    return run(cfg)
+from .defaults import family_folder
+from .download import ModelDownloadError, ensure_model_file
+from .exit_status import HELP as EXIT_STATUSES
+from .exit_status import ExitStatus
+from .families import lookup
+from .fingerprints import PDFNET, identify
+from .models.pdfnet.loader import load_pdfnet
+from .models.pdfnet.net import REVISIONS
+from .models.pdfnet.revision import METADATA_EVIDENCE_KEY, METADATA_KEY, revision_evidence, source_facts
+from .ops.composite import FIT_MODES
+from .ops.foreground import FOREGROUND_METHODS
+from .precision import DTYPE_CHOICES, DTYPES, resolve_device
+from .segment_options import RESIZE_MODES, SegmentOptions
+from .train.commands import add_parsers
+from .weights import CheckpointError, read_state_dict, save_safetensors
 
 
 # --------------------------------------------------------------------------------------------
@@ -38,20 +42,14 @@ def run_cutout(cfg: CutoutConfig) -> int:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from .registry import identify
-    from .weights import read_state_dict, save_safetensors
-
     state = read_state_dict(args.source)
     family = identify(state.keys())
     if family is None:
         print(f"error: {args.source} is not a checkpoint of a model this pack knows", file=sys.stderr)
-        return 2
+        return ExitStatus.USAGE
     metadata = {"pdfnet_core.arch": family.name}
     note = ""
-    if family.name == "pdfnet":
-        from .models.pdfnet.loader import load_pdfnet
-        from .models.pdfnet.revision import METADATA_EVIDENCE_KEY, METADATA_KEY, revision_evidence, source_facts
-
+    if family == PDFNET:
         # The depth head that shows the code revision is dropped below: keep its verdict in the header.
         revision, why = revision_evidence(state, *source_facts(args.source))
         state = load_pdfnet(state, revision=revision or "auto").state_dict()  # validated, stale entries dropped
@@ -60,23 +58,18 @@ def run_convert(args: argparse.Namespace) -> int:
         note = f", revision {revision}" if revision else ", revision unknown (not recorded)"
     target = save_safetensors(state, args.target, args.dtype, metadata=metadata)
     print(f"wrote {target} ({family.description}, {args.dtype}{note}, {target.stat().st_size / 2**20:.1f} MiB)")
-    return 0
+    return ExitStatus.OK
 
 
 def run_download(args: argparse.Namespace) -> int:
-    from .download import ensure_model_file
-    from .registry import lookup
-
     entry = lookup(args.name)
     if entry is None:
         print(f"error: unknown model file {args.name!r}", file=sys.stderr)
-        return 2
-    from .defaults import models_dir
-
-    folder = Path(args.dir) if args.dir else (args.models_dir or models_dir()) / entry.folder_key
+        return ExitStatus.USAGE
+    folder = Path(args.dir) if args.dir else family_folder(entry.arch, args.models_dir)
     path = ensure_model_file(entry, folder, allow_download=True)
     print(path)
-    return 0
+    return ExitStatus.OK
 
 
 # --------------------------------------------------------------------------------------------
@@ -102,8 +95,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--models-dir", type=Path, help="models folder (default $PDFNET_MODELS_DIR or ~/.cache/pdfnet/models)")
     c.add_argument("--download", action="store_true", help="download missing weights from the Hugging Face hub "
                                                           "(also: PDFNET_DOWNLOAD=1)")
-    c.add_argument("--size", type=int, default=1024, help="network resolution, multiple of 32 (trained at 1024)")
-    c.add_argument("--resize", choices=["squash", "pad"], default="squash", help="squash (as trained) or pad (keep aspect)")
+    c.add_argument("--size", type=int, default=SegmentOptions.size,
+                   help=f"network resolution, multiple of 32 (trained at {SegmentOptions.size})")
+    c.add_argument("--resize", choices=RESIZE_MODES, default=SegmentOptions.resize,
+                   help="squash (as trained) or pad (keep aspect)")
     c.add_argument("--tta", action="store_true", help="6-pass flip x scale test-time augmentation (paper's evaluation; 6x slower)")
     c.add_argument("--no-quantize-depth", dest="quantize_depth", action="store_false", help="keep the depth prior in float")
     c.add_argument("--format", dest="fmt", choices=sorted(OUTPUT_FORMATS), default="png", help="cut-out file format")
@@ -112,15 +107,15 @@ def _parser() -> argparse.ArgumentParser:
     g = c.add_mutually_exclusive_group()
     g.add_argument("--background", help="also write NAME_composite over this colour ('#RRGGBB')")
     g.add_argument("--background-image", type=Path, help="also write NAME_composite over this image")
-    c.add_argument("--fit", choices=["stretch", "cover", "contain"], default="cover", help="how the background image is fitted")
-    c.add_argument("--foreground", choices=["multilevel", "blur_fusion", "none"], default="multilevel",
+    c.add_argument("--fit", choices=list(FIT_MODES), default=CutoutConfig.fit, help="how the background image is fitted")
+    c.add_argument("--foreground", choices=[*FOREGROUND_METHODS, "none"], default=CutoutConfig.foreground,
                    help="foreground colour estimation against colour spill at the edges")
     c.add_argument("--overwrite", action="store_true",
                    help="redo every input (without it, an input is skipped when OUT/manifest.jsonl shows its "
                         "outputs made from the source as it is now, under these settings, and unchanged since)")
     c.add_argument("--retry-failed", action="store_true", help="also redo inputs that failed in an earlier run")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar or per-file lines, only failures")
-    c.add_argument("--batch-size", type=int, default=1,
+    c.add_argument("--batch-size", type=int, default=SegmentOptions.batch_size,
                    help="images of one size segmented together (on a GPU: 4-8; results may differ in the last bit)")
     c.add_argument("--prefetch", type=int, default=None,
                    help="decoder threads reading ahead (and as many writer threads); 0: one file at a time. "
@@ -140,27 +135,24 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"refuse images above this many pixels, from their header, before decoding them "
                         f"(default ${MAX_PIXELS_ENV} or {DEFAULT_MAX_PIXELS:,})")
     c.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    c.add_argument("--dtype", choices=["fp32", "fp16", "bf16", "auto"], default="fp32",
+    c.add_argument("--dtype", choices=DTYPE_CHOICES, default=CutoutConfig.dtype,
                    help="model precision (default fp32, the official numbers); auto: bf16 where the device has "
                         "native bf16 kernels (AVX-512 BF16/AMX CPUs, Ampere and later GPUs), about 2x faster on such "
                         "a CPU, with masks that differ from fp32 by a few 8-bit levels at soft edges")
-    c.add_argument("--revision", choices=["auto", "v1", "v2"], default="auto",
+    c.add_argument("--revision", choices=["auto", *REVISIONS], default=CutoutConfig.revision,
                    help="PDFNet code revision to run: v1 (first release, which saved the published weights), "
                         "v2 (current official code); auto decides from the checkpoint (default)")
 
     v = sub.add_parser("convert", help="convert a checkpoint to safetensors")
     v.add_argument("source", type=Path)
     v.add_argument("target", type=Path)
-    v.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
+    v.add_argument("--dtype", choices=list(DTYPES), default="fp32")
 
     d = sub.add_parser("download", help="download a known model file from the Hugging Face hub")
     d.add_argument("name", help="file name, e.g. PDFNet_Best.pth or depth_anything_v2_vits.pth")
     d.add_argument("--dir", help="target folder (default: MODELS_DIR/<folder>)")
     d.add_argument("--models-dir", type=Path)
-    # train / evaluate: their parsers import only argparse; the training code loads when one runs
-    from .train.commands import add_parsers
-
-    add_parsers(sub)
+    add_parsers(sub)   # train / evaluate: the training code loads when one runs
     return p
 
 
@@ -184,24 +176,26 @@ def _max_pixels(value: int | None) -> int:
 
 
 def _cutout_config(args: argparse.Namespace) -> CutoutConfig:
-    if args.size < 32 or args.size % 32:
-        raise UsageError(f"--size must be a positive multiple of 32, got {args.size}")
+    try:
+        segment = SegmentOptions(size=args.size, resize=args.resize, tta=args.tta, quantize_depth=args.quantize_depth,
+                                 batch_size=args.batch_size).validate()
+    except ValueError as exc:   # its message starts with the option's name: say it as the flag
+        option, _, problem = str(exc).partition(" ")
+        raise UsageError(f"--{option.replace('_', '-')} {problem}") from None
     if not (args.rgba or args.mask or args.background or args.background_image):
         raise UsageError("nothing to write: drop --no-rgba or add --mask / --background")
     keys = CutoutConfig.__dataclass_fields__
     values = {k: v for k, v in vars(args).items() if k in keys}
     values["inputs"] = tuple(args.inputs)
+    values["segment"] = segment
     values["max_pixels"] = _max_pixels(args.max_pixels)
     if args.gpus_per_worker is None:
         values.pop("gpus_per_worker")
     if args.engine != "ray" and (args.address or args.gpus_per_worker is not None or args.workers != 1):
         raise UsageError("--workers, --gpus-per-worker and --address need --engine ray")
     if args.prefetch is None:
-        from .precision import resolve_device
-
         values["prefetch"] = args.prefetch = 0 if resolve_device(args.device).type == "cpu" else 2
-    for flag, value, least in (("--batch-size", args.batch_size, 1), ("--prefetch", args.prefetch, 0),
-                               ("--workers", args.workers, 1)):
+    for flag, value, least in (("--prefetch", args.prefetch, 0), ("--workers", args.workers, 1)):
         if value < least:
             raise UsageError(f"{flag} must be at least {least}, got {value}")
     return CutoutConfig(**values)
@@ -232,8 +226,6 @@ class _TqdmSafeHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            from tqdm import tqdm
-
             tqdm.write(self.format(record), file=sys.stderr)
         except Exception:
             self.handleError(record)
@@ -253,20 +245,17 @@ def _configure_logging() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging()
     args = _parser().parse_args(argv)
-    from .download import ModelDownloadError
-    from .weights import CheckpointError
-
     try:
         run = getattr(args, "run", None) or COMMANDS[args.command]   # train/evaluate bring their own
         return run(args)
     except (UsageError, CheckpointError, ModelDownloadError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitStatus.USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return ExitStatus.INTERRUPTED
     except Exception:  # a bug: never confused with "some inputs failed" (1)
         traceback.print_exc()
-        print(f"error: unexpected internal error (exit status {EXIT_CRASH}); please report it with the traceback above",
-              file=sys.stderr)
-        return EXIT_CRASH
+        print(f"error: unexpected internal error (exit status {ExitStatus.CRASH:d}); please report it with the "
+              "traceback above", file=sys.stderr)
+        return ExitStatus.CRASH

@@ -11,7 +11,11 @@ import os
 from pathlib import Path
 
 import torch
-from torch import nn
+
+from .download import ensure_model_file
+from .families import family
+from .loading import load_cached
+from .specs import LoadedModel
 
 
 def models_dir() -> Path:
@@ -24,25 +28,30 @@ def download_allowed(download: bool | None) -> bool:
     return os.environ.get("PDFNET_DOWNLOAD", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def family_folder(kind: str, root: Path | None = None) -> Path:
+    """Where family ``kind``'s files live: ``root`` (default ``models_dir()``) / its folder key."""
+    return (models_dir() if root is None else Path(root)) / family(kind).folder_key
+
+
 def default_model_path(kind: str, folder: Path | None = None, download: bool | None = None) -> Path:
     """The default file of family ``kind`` in ``folder`` (default: models_dir()/<folder key>), fetched if allowed."""
-    from .download import ensure_model_file
-    from .registry import family
-
     spec = family(kind)
     if spec.default_file is None:
         raise ValueError(f"{spec.label} has no default model file; name one")
-    target = folder if folder is not None else models_dir() / spec.folder_key
+    target = folder if folder is not None else family_folder(kind)
     return ensure_model_file(spec.default_file, target, allow_download=download_allowed(download))
 
 
-def default_model(kind: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                  download: bool | None = None) -> nn.Module:
-    """The default model of family ``kind`` ("pdfnet" or "depth_anything"), shared through the model cache."""
-    from .cache import default_cache
-    from .registry import family
+def model_file(kind: str, weights: Path | None = None, root: Path | None = None, download: bool | None = None) -> Path:
+    """``weights`` if given (it must exist), else the family's default file under ``root`` (a models folder)."""
+    if weights is not None:
+        if not Path(weights).is_file():
+            raise FileNotFoundError(f"weights file not found: {weights}")
+        return Path(weights)
+    return default_model_path(kind, None if root is None else family_folder(kind, root), download)
 
-    spec = family(kind)
-    path = default_model_path(kind, download=download)
-    return default_cache().get_or_load(path, dtype, device, lambda: spec.load(path, device=device, dtype=dtype),
-                                       tag=kind)
+
+def default_model(kind: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                  download: bool | None = None) -> LoadedModel:
+    """The default model of family ``kind`` ("pdfnet" or "depth_anything"), shared through the model cache."""
+    return load_cached(kind, default_model_path(kind, download=download), device=device, dtype=dtype)

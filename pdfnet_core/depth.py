@@ -8,14 +8,14 @@ itself, so the network sees the same RGB either way.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from .families import as_loaded
 from .models.depth_anything.net import PATCH_SIZE
-from .ops.images import chunks, group_by_size, imagenet_normalize, minmax_per_item, to_rgb_list
-from .registry import as_loaded
+from .ops.images import ImageSource, chunks, group_by_size, image_sources, imagenet_normalize, minmax_per_item
 from .specs import BeforeRun, LoadedModel, Progress, parameter_placement
 
 DEFAULT_INPUT_SIZE = 518
@@ -87,45 +87,58 @@ def estimate_depth(images: Any, model: torch.nn.Module | LoadedModel, input_size
                    name: str = "images", before_run: BeforeRun | None = None) -> list[torch.Tensor]:
     """Relative inverse depth for each image, as a list of [H,W] float32 CPU tensors.
 
-    ``images``: anything ``images.to_rgb_list`` accepts (PIL, numpy HxWx3 uint8, torch
+    ``images``: anything ``ops.images.image_sources`` accepts (PIL, numpy HxWx3 uint8, torch
     [B,H,W,3] 0..1, or a list of those; gray and RGBA are converted).  Images of one size run
-    through ``model`` together, ``batch_size`` at a time, on the model's device and dtype.
-    ``progress(done, total)`` is called after each batch, counting images; ``before_run(module,
-    bytes_needed)`` before each batch, with the activation memory the family spec estimates for it.
+    through ``model`` together, ``batch_size`` at a time, on the model's device and dtype; each is
+    converted when its batch runs.  ``progress(done, total)`` is called after each batch, counting
+    images; ``before_run(module, bytes_needed)`` before each batch, with the activation memory the
+    family spec estimates for it.
     """
     _check_arguments(input_size, batch_size)
-    rgb = to_rgb_list(images, name)
-    for i, im in enumerate(rgb):
-        h, w = im.shape[-2:]
-        if h < PATCH_SIZE or w < PATCH_SIZE:
-            raise ValueError(f"{name}[{i}] is {h}x{w}: depth needs images of at least "
-                             f"{PATCH_SIZE}x{PATCH_SIZE} pixels (one patch)")
+    sources = image_sources(images, name)
+    _check_sizes(sources, [f"{name}[{i}]" for i in range(len(sources))])
     net = as_loaded(model, "the depth model")
-    device, dtype = parameter_placement(net.module)
-    results: list[torch.Tensor | None] = [None] * len(rgb)
+    results: list[torch.Tensor | None] = [None] * len(sources)
     done = 0
-    for (h, w), indices in group_by_size(rgb).items():
+    for indices, depth in depth_batches(sources, net, input_size, batch_size, before_run):
+        for i, d in zip(indices, depth):
+            results[i] = d
+        done += len(indices)
+        if progress is not None:
+            progress(done, len(sources))
+    return results  # type: ignore[return-value]
+
+
+def _check_sizes(sources: Sequence[ImageSource], names: Sequence[str]) -> None:
+    for source, shown in zip(sources, names):
+        if source.height < PATCH_SIZE or source.width < PATCH_SIZE:
+            raise ValueError(f"{shown} is {source.height}x{source.width}: depth needs images of at least "
+                             f"{PATCH_SIZE}x{PATCH_SIZE} pixels (one patch)")
+
+
+def depth_batches(sources: Sequence[ImageSource], net: LoadedModel, input_size: int = DEFAULT_INPUT_SIZE,
+                  batch_size: int = DEFAULT_BATCH_SIZE, before_run: BeforeRun | None = None,
+                  ) -> Iterator[tuple[list[int], list[torch.Tensor]]]:
+    """(indices, depth maps) per batch of same-size images: the work of ``estimate_depth``, batch by batch."""
+    _check_sizes(sources, [s.name for s in sources])
+    for (h, w), indices in group_by_size([(s.height, s.width) for s in sources]).items():
         target = network_size(h, w, input_size)
         for batch in chunks(indices, batch_size):
             # resized one by one: a batch of large float64 sources would cost 24 bytes/pixel
-            x = torch.cat([preprocess(rgb[i][None], target) for i in batch])
+            x = torch.cat([preprocess(sources[i].rgb()[None], target) for i in batch])
             if before_run is not None:
                 before_run(net.module, net.activation_bytes(target, len(batch)))
+            device, dtype = parameter_placement(net.module)   # where before_run left it
             with torch.inference_mode():
                 depth = net.module(x.to(device=device, dtype=dtype))
                 depth = postprocess(depth, (h, w)).cpu()
             if not torch.isfinite(depth).all():
                 raise FloatingPointError(
-                    f"the depth model produced NaN or inf for {name}{list(batch)} in {dtype}; "
-                    "half precision can overflow here: load the model in float32 or bfloat16")
-            for i, d in zip(batch, depth):
-                # own storage, so one map does not pin the whole batch (and, made outside inference
-                # mode, a tensor callers may change in place)
-                results[i] = d.clone()
-            done += len(batch)
-            if progress is not None:
-                progress(done, len(rgb))
-    return results  # type: ignore[return-value]
+                    f"the depth model produced NaN or inf for {', '.join(sources[i].name for i in batch)} in "
+                    f"{dtype}; half precision can overflow here: load the model in float32 or bfloat16")
+            # own storage, so one map does not pin the whole batch (and, made outside inference
+            # mode, a tensor callers may change in place)
+            yield list(batch), [d.clone() for d in depth]
 
 
 def normalize_depth(depth: torch.Tensor, quantize: bool = True) -> torch.Tensor:

@@ -10,15 +10,18 @@ names the URL and the folder in which to place the file by hand.
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import logging
 import os
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
-from .registry import ModelEntry, hf_url, lookup
+from .families import lookup
+from .specs import ModelEntry, hf_url
 
 log = logging.getLogger("pdfnet_core")
 
@@ -215,8 +218,6 @@ def _process_alive(pid: int) -> bool:
 
 def clean_stale_staging(folder: Path, filename: str) -> list[Path]:
     """Remove the staging folders of ``filename`` left in ``folder`` by downloads that died; returns them."""
-    import glob
-    import time
 
     removed = []
     for path in folder.glob(glob.escape(f".{filename}.") + "*" + STAGING_SUFFIX):
@@ -266,7 +267,8 @@ def _download(entry: ModelEntry, folder: Path, target: Path) -> Path:
 
 def _fetch(entry: ModelEntry, staging: Path, folder: Path) -> Path:
     try:
-        # Looked up at call time so tests (and callers) can substitute the hub function.
+        # Deferred: a heavy import that only a download needs; looked up at call time so tests can
+        # substitute the hub function.
         import huggingface_hub
 
         result = huggingface_hub.hf_hub_download(repo_id=entry.repo_id, filename=entry.hf_filename,

@@ -38,7 +38,7 @@ COLUMNS: tuple[tuple[str, str, bool], ...] = (
 
 def require_pysodmetrics():
     try:
-        import py_sod_metrics
+        import py_sod_metrics   # deferred: the optional extra pdfnet[metrics]
     except ImportError as exc:
         raise ImportError("the DIS metrics need PySODMetrics: pip install pysodmetrics "
                           "(or pip install 'pdfnet[metrics]')") from exc
@@ -77,7 +77,7 @@ def resize_to(pred: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """OpenCV bilinear to (height, width), as the DIS evaluators resize predictions to the mask."""
     if pred.shape[:2] == tuple(shape):
         return pred
-    import cv2
+    import cv2   # deferred: OpenCV comes with the optional extra pdfnet[metrics]
 
     return cv2.resize(pred, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
 
@@ -147,7 +147,7 @@ class DISMetrics:
 
 def read_gray_u8(path: Path) -> np.ndarray:
     """An 8-bit gray image as the evaluators read it (``cv2.imread(..., IMREAD_GRAYSCALE)``)."""
-    import cv2
+    import cv2   # deferred: OpenCV comes with the optional extra pdfnet[metrics]
 
     arr = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if arr is None:

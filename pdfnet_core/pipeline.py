@@ -4,46 +4,29 @@ Pre-processing follows how PDFNet was trained (DIS5K loader): image and depth ar
 bilinear ``align_corners=True`` to a square network size (default 1024, the training size), the
 image is ImageNet-normalised, the depth is min-max normalised by the model.  The probability map
 is resized back to the source size as float (no 8-bit round trip).
+
+The work goes chunk by chunk (``CHUNK`` images, or more for a large batch size): each image of a
+chunk is converted once, the depth model (when the prior is computed) runs over the chunk, then
+the segmenter in batches.  Memory stays that of a chunk whatever the number of images.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ops.images import chunks, imagenet_normalize, resize_bilinear, to_mask_list, to_rgb_list
-from .registry import FAMILIES, as_loaded
+from .defaults import default_model
+from .depth import depth_batches, normalize_depth
+from .families import FAMILIES, as_loaded
+from .ops.images import ImageSource, chunks, image_sources, imagenet_normalize, resize_bilinear, to_mask_list
+from .segment_options import RESIZE_MODES, SegmentOptions, tta_side
 from .specs import BeforeRun, LoadedModel, Progress, parameter_placement
 
-
-
-@dataclass(frozen=True)
-class SegmentOptions:
-    size: int = 1024                 # network side; a multiple of 32 (trained at 1024)
-    resize: str = "squash"           # "squash" (as trained) or "pad" (keep aspect, crop back)
-    tta: bool = False                # 6 passes: horizontal flip x scales, logits averaged (paper's evaluation)
-    tta_scales: tuple[float, ...] = (0.75, 1.0, 1.25)
-    batch_size: int = 1              # images per forward pass
-    quantize_depth: bool = True      # computed depth priors are stored 8-bit, as in training
-
-    def network_side(self, multiple: int = 32) -> int:
-        """The largest network side a forward pass runs at (with TTA: its largest scale)."""
-        if not self.tta:
-            return self.size
-        return max(tta_side(self.size, scale, multiple) for scale in self.tta_scales)
-
-    def validate(self) -> None:
-        if self.size < 32 or self.size % 32:
-            raise ValueError(f"size must be a positive multiple of 32 (PDFNet was trained at 1024), got {self.size}")
-        if self.resize not in PLACEMENTS:
-            raise ValueError(f"resize must be one of {sorted(PLACEMENTS)}, got {self.resize!r}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
-        if self.tta and not self.tta_scales:
-            raise ValueError("tta_scales is empty")
+# Images converted and depth-estimated together (rounded up to whole batches).
+CHUNK = 8
 
 
 # --------------------------------------------------------------------------------------------
@@ -94,6 +77,8 @@ def pad_placement(height: int, width: int, size: int) -> Placement:
 
 
 PLACEMENTS: dict[str, Callable[[int, int, int], Placement]] = {"squash": squash_placement, "pad": pad_placement}
+if tuple(PLACEMENTS) != RESIZE_MODES:
+    raise AssertionError(f"placements {tuple(PLACEMENTS)} differ from the resize modes {RESIZE_MODES}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -113,33 +98,30 @@ def segmenter(model: nn.Module | LoadedModel) -> LoadedModel:
 # test-time augmentation
 
 
-def tta_side(size: int, scale: float, multiple: int = 32) -> int:
-    """The network side of one TTA scale: ``size * scale`` to the nearest multiple (at least one)."""
-    return max(multiple, int(round(size * scale / multiple)) * multiple)
-
-
-def tta_logits(model: nn.Module | LoadedModel, image: torch.Tensor, depth: torch.Tensor | None,
+def tta_logits(net: LoadedModel, image: torch.Tensor, depth: torch.Tensor | None,
                scales: Sequence[float]) -> torch.Tensor:
     """Mean logits over horizontal flip x scales, each pass mapped back to the input size.
 
     As the paper's evaluation (ttach): bilinear align_corners=False for the scale changes.
     """
-    loaded = segmenter(model)
+    run = net.spec.segment
+    assert run is not None, "tta_logits takes a segmenter (pipeline.segmenter)"
     size = image.shape[-1]
     total = None
     passes = 0
     for scale in scales:
-        side = tta_side(size, scale, loaded.spec.inputs.size_multiple)
+        side = tta_side(size, scale, net.spec.inputs.size_multiple)
         img_s = resize_bilinear(image, (side, side), align_corners=False)
         dep_s = None if depth is None else resize_bilinear(depth, (side, side), align_corners=False)
         for flip in (False, True):
             i = img_s.flip(-1) if flip else img_s
             d = dep_s.flip(-1) if flip and dep_s is not None else dep_s
-            out = loaded.spec.segment(loaded.module, i, d)
+            out = run(net.module, i, d)
             out = out.flip(-1) if flip else out
             out = resize_bilinear(out, (size, size), align_corners=False).float()
             total = out if total is None else total + out
             passes += 1
+    assert total is not None, "tta_scales is empty"
     return total / passes
 
 
@@ -149,7 +131,7 @@ def tta_logits(model: nn.Module | LoadedModel, image: torch.Tensor, depth: torch
 
 def segment(images: Any, depth: Any = None, model: nn.Module | LoadedModel | None = None, *,
             options: SegmentOptions | None = None, depth_model: nn.Module | LoadedModel | None = None,
-            progress: Progress | None = None, before_run: BeforeRun | None = None,
+            progress: Progress | None = None, before_run: BeforeRun | None = None, name: str = "images",
             **overrides) -> list[torch.Tensor]:
     """Foreground alpha in 0..1 ([H, W] float32 on the CPU, one per image, at its source size).
 
@@ -162,10 +144,11 @@ def segment(images: Any, depth: Any = None, model: nn.Module | LoadedModel | Non
     depth_model: used when ``depth`` is None; None: the default Depth-Anything-V2 Small from the
             same models folder.
     options / overrides: see SegmentOptions (e.g. ``size=1024, resize="pad", tta=True``).
-    progress(done, total) is called after every batch, counting one unit per image per model run
-    (so 2 per image when the depth prior is computed here); raising from it stops the work.
+    progress(done, total) is called after every batch of a model, counting one unit per image per
+    model run (so 2 per image when the depth prior is computed here); raising from it stops the work.
     before_run(module, bytes_needed) is called before each batch of a model with the activation
-    memory its family spec estimates for that batch.
+    memory its family spec estimates for that batch; the model runs where it is after that call.
+    name: how errors name the images ("images[3] contains NaN").
     """
     if isinstance(images, (nn.Module, LoadedModel)):  # segment(model, images, depth) call form
         images, depth, model = depth, model, images
@@ -176,90 +159,76 @@ def segment(images: Any, depth: Any = None, model: nn.Module | LoadedModel | Non
         if model is not None:
             segmenter(model)
         return []
-    if model is None:
-        from .defaults import default_model
-
-        model = default_model("pdfnet")
-    net = segmenter(model)
-    rgb = to_rgb_list(images, "images")
-    device, dtype = parameter_placement(net.module)
-    computes_depth = net.spec.inputs.needs_depth and depth is None
-    if computes_depth and depth_model is None:
-        from .defaults import default_model
-
-        depth_model = default_model("depth_anything", device=device)
-    total = len(rgb) * (2 if computes_depth else 1)
+    sources = image_sources(images, name)
+    net = segmenter(model if model is not None else default_model("pdfnet"))
+    given = _given_depth(depth, sources, name) if net.spec.inputs.needs_depth and depth is not None else None
+    depth_net = None
+    if net.spec.inputs.needs_depth and depth is None:
+        depth_net = as_loaded(depth_model if depth_model is not None else default_model("depth_anything", net.device),
+                              "depth_model")
+    total = len(sources) * (1 if depth_net is None else 2)
     done = 0
-
-    def step(count: int) -> None:
-        nonlocal done
-        done += count
-        if progress is not None:
-            progress(done, total)
-
-    depths = None
-    if net.spec.inputs.needs_depth:
-        depths = _depth_maps(rgb, depth, depth_model, opts, step, before_run)
     memory = net.activation_bytes(opts.network_side(net.spec.inputs.size_multiple), opts.batch_size)
-    results: list[torch.Tensor | None] = [None] * len(rgb)
-    for batch in chunks(list(range(len(rgb))), opts.batch_size):
-        places = [PLACEMENTS[opts.resize](*rgb[i].shape[-2:], opts.size) for i in batch]
-        # Normalised after the resize (the same affine map, on the network canvas rather than the
-        # photo: no full-size float copies) and before the pad, so the border is the mean colour.
-        x = torch.cat([p.to_network(rgb[i][None], "constant", imagenet_normalize) for p, i in zip(places, batch)])
-        d = None if depths is None else \
-            torch.cat([p.to_network(depths[i][None, None], "replicate") for p, i in zip(places, batch)]).to(device)
-        if before_run is not None:
-            before_run(net.module, memory)
-        with torch.no_grad():
-            x = x.to(device, dtype)
-            logits = tta_logits(net, x, d, opts.tta_scales) if opts.tta else net.spec.segment(net.module, x, d)
-            alpha = logits.float().sigmoid()
-        for k, (i, place) in enumerate(zip(batch, places)):
-            h, w = rgb[i].shape[-2:]
-            results[i] = place.from_network(alpha[k:k + 1], h, w)[0, 0].clamp_(0, 1).cpu()
-        step(len(batch))
-    return results  # type: ignore[return-value]
+    chunk = opts.batch_size * -(-CHUNK // opts.batch_size)
+    results: list[torch.Tensor] = []
+    for part in chunks(range(len(sources)), chunk):
+        images_now = [sources[i].converted() for i in part]   # each image converted once
+        maps: list[torch.Tensor | None] = [None if given is None else given[i] for i in part]
+        if depth_net is not None:
+            for indices, depths in depth_batches(images_now, depth_net, before_run=before_run):
+                for k, d in zip(indices, depths):
+                    maps[k] = normalize_depth(d, opts.quantize_depth)
+                done += len(indices)
+                if progress is not None:
+                    progress(done, total)
+        for batch in chunks(range(len(part)), opts.batch_size):
+            results += _segment_batch(net, [images_now[k].rgb() for k in batch], [maps[k] for k in batch], opts,
+                                      memory, before_run)
+            done += len(batch)
+            if progress is not None:
+                progress(done, total)
+    return results
+
+
+def _segment_batch(net: LoadedModel, rgb: list[torch.Tensor], depths: list[torch.Tensor | None],
+                   opts: SegmentOptions, memory: int, before_run: BeforeRun | None) -> list[torch.Tensor]:
+    """Alpha [H,W] of each [3,H,W] image of one batch (depth maps [H,W], or None for a model without depth)."""
+    places = [PLACEMENTS[opts.resize](im.shape[-2], im.shape[-1], opts.size) for im in rgb]
+    if before_run is not None:
+        before_run(net.module, memory)
+    device, dtype = parameter_placement(net.module)   # where before_run left it
+    # Normalised after the resize (the same affine map, on the network canvas rather than the
+    # photo: no full-size float copies) and before the pad, so the border is the mean colour.
+    x = torch.cat([p.to_network(im[None], "constant", imagenet_normalize) for p, im in zip(places, rgb)])
+    d = None
+    if net.spec.inputs.needs_depth:
+        d = torch.cat([p.to_network(m[None, None].float(), "replicate") for p, m in zip(places, depths)  # type: ignore[index]
+                       ]).to(device)
+    run = net.spec.segment
+    assert run is not None
+    with torch.no_grad():
+        x = x.to(device, dtype)
+        logits = tta_logits(net, x, d, opts.tta_scales) if opts.tta else run(net.module, x, d)
+        alpha = logits.float().sigmoid()
+    return [place.from_network(alpha[k:k + 1], im.shape[-2], im.shape[-1])[0, 0].clamp_(0, 1).cpu()
+            for k, (place, im) in enumerate(zip(places, rgb))]
 
 
 def _options(options: SegmentOptions | None, overrides: dict) -> SegmentOptions:
     base = options or SegmentOptions()
-    unknown = set(overrides) - set(SegmentOptions.__dataclass_fields__)
+    known = {f.name for f in fields(SegmentOptions)}
+    unknown = set(overrides) - known
     if unknown:
-        raise TypeError(f"segment() got unexpected options {sorted(unknown)}; "
-                        f"known: {sorted(SegmentOptions.__dataclass_fields__)}")
-    if overrides:
-        from dataclasses import replace
-        base = replace(base, **overrides)
-    base.validate()
-    return base
+        raise TypeError(f"segment() got unexpected options {sorted(unknown)}; known: {sorted(known)}")
+    return (replace(base, **overrides) if overrides else base).validate()
 
 
-def _depth_maps(rgb: list[torch.Tensor], depth: Any, depth_model: nn.Module | LoadedModel | None,
-                opts: SegmentOptions, step: Callable[[int], None], before_run: BeforeRun | None) -> list[torch.Tensor]:
-    if depth is None:
-        from .depth import depth_prior
-
-        last = 0
-
-        def advance(done: int, total: int) -> None:
-            nonlocal last
-            step(done - last)
-            last = done
-
-        maps = depth_prior(rgb_to_hwc(rgb), depth_model, quantize=opts.quantize_depth, progress=advance,
-                           before_run=before_run)
-        return [d.float() for d in maps]
+def _given_depth(depth: Any, sources: Sequence[ImageSource], name: str) -> list[torch.Tensor]:
     maps = to_mask_list(depth, "depth")
-    if len(maps) != len(rgb):
-        raise ValueError(f"got {len(rgb)} images but {len(maps)} depth maps; pass one depth map per image")
-    for i, (m, im) in enumerate(zip(maps, rgb)):
-        if tuple(m.shape) != tuple(im.shape[-2:]):
-            raise ValueError(f"depth[{i}] is {m.shape[0]}x{m.shape[1]} but images[{i}] is "
-                             f"{im.shape[-2]}x{im.shape[-1]}; depth must have the size of its image")
+    if len(maps) != len(sources):
+        raise ValueError(f"got {len(sources)} images but {len(maps)} depth maps; pass one depth map per image")
+    for i, (m, im) in enumerate(zip(maps, sources)):
+        if tuple(m.shape) != (im.height, im.width):
+            raise ValueError(f"depth[{i}] is {m.shape[0]}x{m.shape[1]} but {name}[{i}] is "
+                             f"{im.height}x{im.width}; depth must have the size of its image")
     return maps
-
-
-def rgb_to_hwc(rgb: list[torch.Tensor]) -> list[torch.Tensor]:
-    """[3,H,W] tensors back to the [H,W,3] layout the public functions accept."""
-    return [t.permute(1, 2, 0) for t in rgb]

@@ -1,5 +1,5 @@
-"""What "auto" means on this machine: the device (``resolve_device``) and, for a model family on
-it, the dtype (``auto_dtype``).
+"""Precisions by name (``DTYPES``, ``as_dtype``) and what "auto" means on this machine: the device
+(``resolve_device``) and, for a model family on it, the dtype (``auto_dtype``).
 
 A family lists in ``FamilySpec.auto_dtypes`` the half types it runs faster in (and with results
 close enough to fp32); "auto" takes the first of them the device computes natively, else fp32.
@@ -11,6 +11,11 @@ close enough to fp32); "auto" takes the first of them the device computes native
 from __future__ import annotations
 
 import torch
+
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_DTYPE_ALIASES = {**DTYPES, "float": torch.float32, "half": torch.float16}
+# What a --dtype option or a loader's dtype widget offers.
+DTYPE_CHOICES = ("auto", *DTYPES)
 
 # fp16 tensor cores (Volta) and native bf16 (Ampere)
 _FP16_CAPABILITY = (7, 0)
@@ -55,13 +60,22 @@ def auto_dtype(auto_dtypes: tuple[torch.dtype, ...], device: torch.device | str)
     return torch.float32
 
 
-def dtype_for(name: str, family_name: str, device: torch.device | str) -> torch.dtype:
-    """A command line's ``--dtype`` (fp32, fp16, bf16 or auto) for a family on a device."""
-    from .registry import family
-    from .weights import DTYPES
+def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """A floating torch dtype from a dtype or a name ('fp16', 'float16', 'torch.float16', ...)."""
+    if isinstance(dtype, str):
+        name = dtype.strip().lower().removeprefix("torch.")
+        resolved = _DTYPE_ALIASES.get(name, getattr(torch, name, None))
+    else:
+        resolved = dtype
+    if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
+        raise ValueError(f"unsupported model dtype {dtype!r}; use fp32, fp16 or bf16 (or a floating torch.dtype)")
+    return resolved
 
+
+def dtype_for(name: str, auto_dtypes: tuple[torch.dtype, ...], device: torch.device | str) -> torch.dtype:
+    """A command line's ``--dtype`` (fp32, fp16, bf16 or auto) for a family (its ``auto_dtypes``) on a device."""
     if name == "auto":
-        return auto_dtype(family(family_name).auto_dtypes, device)
+        return auto_dtype(auto_dtypes, device)
     if name not in DTYPES:
-        raise ValueError(f"--dtype must be one of auto, {', '.join(DTYPES)}, got {name!r}")
+        raise ValueError(f"--dtype must be one of {', '.join(DTYPE_CHOICES)}, got {name!r}")
     return DTYPES[name]

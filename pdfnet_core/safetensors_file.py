@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 # The header's dtype names (the format's own spelling) for the dtypes torch has.
 _DTYPES = {
@@ -44,8 +45,6 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
 def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Every tensor of the file, in CPU memory this process owns (nothing stays mapped)."""
     if sys.byteorder != "little":  # the format is little-endian; let the library swap bytes
-        from safetensors.torch import load_file
-
         return {k: v.clone() for k, v in load_file(str(path), device="cpu").items()}
     path = Path(path)
     with open(path, "rb", buffering=0) as fh:

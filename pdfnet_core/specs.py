@@ -11,13 +11,13 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 from torch import nn
 
-from .ops.images import IMAGENET_MEAN, IMAGENET_STD
-from .weights import as_dtype
+from .fingerprints import Fingerprint
+from .precision import as_dtype
 
 HF_ENDPOINT = "https://huggingface.co"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -81,20 +81,11 @@ class ModelEntry:
             raise ValueError(f"registry entry {self.filename!r}: train_hw must be (height, width), multiples of 32")
 
 
-# --------------------------------------------------------------------------------------------
-# recognising a checkpoint
-
-
-@dataclass(frozen=True)
-class Fingerprint:
-    """A layout of checkpoint keys: a file matches when, for every prefix, some key starts with it."""
-
-    name: str
-    description: str
-    prefixes: tuple[str, ...]
-
-    def matches(self, keys: Sequence[str]) -> bool:
-        return all(any(k.startswith(p) for k in keys) for p in self.prefixes)
+def hf_url(entry: ModelEntry, endpoint: str = HF_ENDPOINT) -> str:
+    """The direct download address of ``entry`` (off the hub: the publisher's page)."""
+    if not entry.on_hub:
+        return entry.manual_url
+    return f"{endpoint.rstrip('/')}/{entry.repo_id}/resolve/{entry.revision}/{entry.hf_filename}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -125,8 +116,6 @@ class InputContract:
     """What a network expects of its input tensor."""
 
     size_multiple: int = 1                     # square side (segmenters) or patch size (ViT) multiple
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
     needs_depth: bool = False                  # segmenters: takes a depth map beside the image
 
 
@@ -174,11 +163,10 @@ class FamilySpec:
     """Everything the other layers know about one model family."""
 
     name: str                                  # registry name, e.g. "depth_anything"
-    label: str                                 # for people: "Depth-Anything-V2"
     folder_key: str                            # models sub-folder / ComfyUI folder_paths key
     module_type: type[nn.Module]               # what its loader returns
     load: Callable[..., nn.Module]             # (source, *, device, dtype, **options) -> ready module
-    fingerprints: tuple[Fingerprint, ...]      # the checkpoint layouts the loader reads
+    fingerprints: tuple[Fingerprint, ...]      # the checkpoint layouts the loader reads (its LAYOUTS)
     activation: ActivationFn                   # measured or derived activation elements per image
     inputs: InputContract = field(default_factory=InputContract)
     files: tuple[ModelEntry, ...] = ()         # known downloadable files
@@ -194,10 +182,19 @@ class FamilySpec:
     # Where 'auto' precision may pick a half type (if the device runs it well); empty: always fp32.
     auto_dtypes: tuple[torch.dtype, ...] = (torch.bfloat16,)
 
+    def __post_init__(self) -> None:
+        if not self.fingerprints or any(fp.label != self.label for fp in self.fingerprints):
+            raise ValueError(f"family {self.name!r}: its checkpoint layouts must all name one model")
+
+    @property
+    def label(self) -> str:
+        """For people: "Depth-Anything-V2" (the name its checkpoint layouts give the model)."""
+        return self.fingerprints[0].label
+
     @property
     def wanted(self) -> str:
         """The phrase loader errors use: 'a PDFNet checkpoint'."""
-        return f"a {self.label} checkpoint"
+        return self.fingerprints[0].wanted
 
     def option(self, name: str) -> LoaderOption:
         for opt in self.options:

@@ -13,13 +13,16 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
+from safetensors.torch import save
 from torch import nn
 
-if TYPE_CHECKING:
-    from .specs import FamilySpec
+from .atomic_files import atomic_write
+from .fingerprints import Fingerprint, describe, identify
+from .precision import DTYPES, as_dtype
+from .safetensors_file import SafetensorsFormatError, read_metadata, read_tensors
 
 log = logging.getLogger("pdfnet_core")
 
@@ -69,8 +72,6 @@ def _read_file(path: Path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     suffix = path.suffix.lower()
     if suffix in _SAFETENSORS_SUFFIXES:
-        from .safetensors_file import SafetensorsFormatError, read_tensors
-
         try:
             return read_tensors(path)
         except (SafetensorsFormatError, OSError) as exc:
@@ -104,8 +105,6 @@ def read_safetensors_metadata(source) -> dict[str, str]:
     path = Path(os.fspath(source))
     if path.suffix.lower() not in _SAFETENSORS_SUFFIXES or not path.is_file():
         return {}
-    from .safetensors_file import SafetensorsFormatError, read_metadata
-
     try:
         return read_metadata(path)
     except (SafetensorsFormatError, OSError) as exc:
@@ -146,32 +145,19 @@ def _strip_common_prefix(state: StateDict, prefix: str) -> StateDict:
 # recognising families
 
 
-def describe(keys: Iterable[str]) -> str:
-    """What a checkpoint looks like, from its key names: a known layout, or its top-level names."""
-    from .registry import identify
+def require_layout(state: Mapping[str, torch.Tensor], layouts: Sequence[Fingerprint]) -> Fingerprint:
+    """The layout of ``state`` if it is one of ``layouts``; else a CheckpointError saying what the file is.
 
-    keys = list(keys)
-    fp = identify(keys)
-    if fp is not None:
-        return fp.description
-    roots = sorted({k.split(".")[0] for k in keys})
-    return (f"an unknown model ({len(keys)} tensors; top-level names: "
-            f"{', '.join(roots[:8])}{', ...' if len(roots) > 8 else ''})")
-
-
-def require_family(state: Mapping[str, torch.Tensor], spec: "FamilySpec") -> str:
-    """Refuse a checkpoint of another family before any key-by-key comparison.
-
-    Returns the name of the matched layout (a family may be published in several).
+    Refuses a checkpoint of another family before any key-by-key comparison (a family may be
+    published in several layouts).
     """
-    from .registry import identify
-
     fp = identify(state.keys())
-    if fp is not None and fp in spec.fingerprints:
-        return fp.name
+    if fp is not None and fp in layouts:
+        return fp
+    wanted = layouts[0].wanted
     raise CheckpointError(
-        f"this is not {spec.wanted}: the file looks like {describe(state.keys())}. "
-        f"Choose {spec.wanted} file in this loader, or use the loader for that model.")
+        f"this is not {wanted}: the file looks like {describe(state.keys())}. "
+        f"Choose {wanted} file in this loader, or use the loader for that model.")
 
 
 def check_constant(state: Mapping[str, torch.Tensor], suffix: str, expected: torch.Tensor, what: str) -> None:
@@ -297,15 +283,16 @@ def _materialize_constants(model: torch.nn.Module, wanted: str) -> None:
 # the loading recipe every family follows
 
 
-def load_family(source, spec: "FamilySpec", build: Callable[[StateDict], nn.Module], *,
+def load_family(source, layouts: Sequence[Fingerprint], build: Callable[[StateDict], nn.Module], *,
                 device: torch.device | str = "cpu", dtype: torch.dtype | str = torch.float32,
                 prepare: Callable[[StateDict, str], StateDict] | None = None,
                 ignore: Sequence[IgnoreRule] | Callable[[nn.Module], Sequence[IgnoreRule]] = (),
                 optional_suffixes: tuple[str, ...] = (),
                 wanted: str | Callable[[nn.Module], str] | None = None, memory_format: torch.memory_format | None = None) -> nn.Module:
-    """Read, check the family, build on the meta device, load with strict accounting, place.
+    """Read, check the layout, build on the meta device, load with strict accounting, place.
 
-    ``prepare(state, layout)`` renames or checks entries once the family is known (``layout`` is the
+    ``layouts``: the checkpoint layouts the family is published in (``fingerprints``), the first
+    naming the family in errors.  ``prepare(state, layout)`` renames or checks entries once the family is known (``layout`` is the
     matched fingerprint's name); ``build(state)`` returns the module for that state (its variant
     read from the shapes).  ``ignore`` lists the entries dropped on purpose, or builds that list
     from the module (rules that name each of its modules); ``wanted`` (a phrase, or built from the
@@ -316,14 +303,14 @@ def load_family(source, spec: "FamilySpec", build: Callable[[StateDict], nn.Modu
     state = read_state_dict(source)
     origin = None if isinstance(source, Mapping) else str(Path(os.fspath(source)))
     try:
-        layout = require_family(state, spec)
+        layout = require_layout(state, layouts)
         if prepare is not None:
-            state = prepare(state, layout)
+            state = prepare(state, layout.name)
         with torch.device("meta"):
             model = build(state)
         optional = [k for k in model.state_dict() if optional_suffixes and k.endswith(optional_suffixes)]
         rules = ignore(model) if callable(ignore) else ignore
-        what = wanted(model) if callable(wanted) else (wanted or spec.wanted)
+        what = wanted(model) if callable(wanted) else (wanted or layouts[0].wanted)
         load_checked(model, state, what, ignore=rules, optional=optional)
     except CheckpointError as exc:
         # every message about a checkpoint names its file (the checks themselves see only tensors)
@@ -337,31 +324,12 @@ def load_family(source, spec: "FamilySpec", build: Callable[[StateDict], nn.Modu
 
 
 # --------------------------------------------------------------------------------------------
-# precisions and conversion
-
-DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-_DTYPE_ALIASES = {**DTYPES, "float": torch.float32, "half": torch.float16}
-
-
-def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    """A floating torch dtype from a dtype or a name ('fp16', 'float16', 'torch.float16', ...)."""
-    if isinstance(dtype, str):
-        name = dtype.strip().lower().removeprefix("torch.")
-        resolved = _DTYPE_ALIASES.get(name, getattr(torch, name, None))
-    else:
-        resolved = dtype
-    if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
-        raise ValueError(f"unsupported model dtype {dtype!r}; use fp32, fp16 or bf16 (or a floating torch.dtype)")
-    return resolved
+# conversion
 
 
 def save_safetensors(state: Mapping[str, torch.Tensor], path, dtype: str = "fp32",
                      metadata: Mapping[str, str] | None = None) -> Path:
     """Write floating-point tensors in ``dtype`` (integer buffers keep theirs), atomically."""
-    from safetensors.torch import save
-
-    from .files import atomic_write
-
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     target = DTYPES[dtype]

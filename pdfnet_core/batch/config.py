@@ -1,10 +1,15 @@
-"""What a batch cut-out job is: every choice the command line makes, in one typed config."""
+"""What a batch cut-out job is: every choice the command line makes, in one typed config.
+
+Free of torch, like everything the command line reads while it parses its arguments.
+"""
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..segment_options import SegmentOptions
 
 OUTPUT_FORMATS = {"png": ".png", "webp": ".webp"}
 ENGINES = ("local", "ray")
@@ -46,10 +51,8 @@ class CutoutConfig:
     depth_dir: Path | None = None
     models_dir: Path | None = None
     download: bool = False
-    size: int = 1024
-    resize: str = "squash"
-    tta: bool = False
-    quantize_depth: bool = True
+    # network size, placement, TTA, depth quantisation, and images per forward pass
+    segment: SegmentOptions = field(default_factory=SegmentOptions)
     fmt: str = "png"
     rgba: bool = True
     mask: bool = False
@@ -63,8 +66,7 @@ class CutoutConfig:
     dtype: str = "fp32"
     revision: str = "auto"
     max_pixels: int = DEFAULT_MAX_PIXELS
-    # how the work is run (never changes an output)
-    batch_size: int = 1
+    # how the work is run (never changes an output; segment.batch_size neither)
     prefetch: int = 2                # decoder threads; the writer pool has as many
     quiet: bool = False
     shard: Shard = Shard()
@@ -99,7 +101,8 @@ class CutoutConfig:
         fields = {"weights": ident(self.weights), "depth_weights": ident(self.depth_weights),
                   "depth_dir": None if self.depth_dir is None else str(self.depth_dir.resolve()),
                   "models_dir": None if self.models_dir is None else str(self.models_dir.resolve()),
-                  "size": self.size, "resize": self.resize, "tta": self.tta, "quantize_depth": self.quantize_depth,
+                  "size": self.segment.size, "resize": self.segment.resize, "tta": self.segment.tta,
+                  "quantize_depth": self.segment.quantize_depth,
                   "background": self.background, "background_image": ident(self.background_image),
                   "fit": self.fit, "foreground": self.foreground, "dtype": self.dtype, "revision": self.revision}
         return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]

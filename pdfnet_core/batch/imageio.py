@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..files import atomic_write
-from ..ops.images import to_uint8
+from ..atomic_files import atomic_write
+from ..ops.images import pil_to_array, to_mask_list, to_rgb_list, to_uint8
 from .config import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV
-from .jobs import open_source
+from .jobs import Job, open_source
 
 
 # PIL reads its decompression-bomb limit from a module global when a file is opened: decoder
@@ -20,10 +23,6 @@ _OPEN_LOCK = threading.Lock()
 
 def _open(fh, max_pixels: int):
     """``Image.open`` with PIL's own bomb limit set to our budget (we check the header ourselves)."""
-    import warnings
-
-    from PIL import Image
-
     with _OPEN_LOCK:
         before = Image.MAX_IMAGE_PIXELS
         Image.MAX_IMAGE_PIXELS = max_pixels
@@ -49,8 +48,6 @@ def _check_pixels(im, max_pixels: int) -> None:
 
 
 def _unreadable():
-    from PIL import Image, UnidentifiedImageError
-
     return UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError
 
 
@@ -59,10 +56,6 @@ def read_image(source: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> torc
 
     An image over ``max_pixels`` is refused from its header size, before it is decoded.
     """
-    from PIL import ImageOps
-
-    from ..ops.images import pil_to_array, to_rgb_list
-
     try:
         with open_source(str(source)) as fh, _open(fh, max_pixels) as im:
             im = ImageOps.exif_transpose(im)
@@ -77,8 +70,6 @@ def read_image(source: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> torc
 def header_size(source: str) -> tuple[int, int] | None:
     """(height, width) after EXIF orientation, from the header only; None if unreadable (reported
     when the input is decoded)."""
-    from PIL import Image
-
     try:
         with open_source(source) as fh, Image.open(fh) as im:
             w, h = im.size
@@ -90,8 +81,6 @@ def header_size(source: str) -> tuple[int, int] | None:
 
 def read_depth(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
     """A depth map [H,W] float32 (any scale, 8- or 16-bit files) from an image file."""
-    from ..ops.images import to_mask_list
-
     try:
         with open(path, "rb") as fh, _open(fh, max_pixels) as im:
             im.load()
@@ -103,8 +92,6 @@ def read_depth(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor
 def write_array(arr: np.ndarray, path: Path) -> Path:
     """Save an 8-bit array as PNG or lossless WebP, atomically (``files.atomic_write``); PIL's
     encoders release the GIL, so writer threads overlap with the model."""
-    from PIL import Image
-
     image = Image.fromarray(arr)
     fmt = "WEBP" if path.suffix == ".webp" else "PNG"
     return atomic_write(path, lambda fh: image.save(fh, format=fmt, **({"lossless": True} if fmt == "WEBP" else {})))
@@ -113,3 +100,10 @@ def write_array(arr: np.ndarray, path: Path) -> Path:
 def write_image(tensor: torch.Tensor, path: Path) -> Path:
     """Save [H,W,C] float 0..1 (C = 1, 3 or 4) as 8-bit PNG/WebP, atomically."""
     return write_array(to_uint8(tensor), path)
+
+
+def size_order(todo: list[Job], threads: int) -> list[Job]:
+    """``todo`` ordered by image size (read from the headers), unreadable ones last, else stable."""
+    with ThreadPoolExecutor(threads) as pool:
+        sizes = list(pool.map(lambda job: header_size(job.source), todo))
+    return [job for _, job in sorted(zip(sizes, todo), key=lambda pair: (pair[0] is None, pair[0] or (0, 0)))]

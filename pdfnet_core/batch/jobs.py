@@ -82,7 +82,7 @@ def open_source(source: str) -> BinaryIO:
     """A readable binary file for a local path or a pyarrow filesystem URI."""
     if not is_uri(source):
         return open(source, "rb")
-    from pyarrow import fs
+    from pyarrow import fs   # deferred: only a URI input needs pyarrow (an optional extra)
 
     filesystem, path = fs.FileSystem.from_uri(source)
     return filesystem.open_input_file(path)
@@ -93,7 +93,7 @@ def source_stat(source: str) -> tuple[int, int]:
     if not is_uri(source):
         st = os.stat(source)
         return st.st_size, st.st_mtime_ns
-    from pyarrow import fs
+    from pyarrow import fs   # deferred: only a URI input needs pyarrow (an optional extra)
 
     filesystem, path = fs.FileSystem.from_uri(source)
     info = filesystem.get_file_info(path)
@@ -103,7 +103,7 @@ def source_stat(source: str) -> tuple[int, int]:
 
 
 def _list_uri(uri: str, recursive: bool) -> list[tuple[str, PurePosixPath]] | None:
-    from pyarrow import fs
+    from pyarrow import fs   # deferred: only a URI input needs pyarrow (an optional extra)
 
     filesystem, root = fs.FileSystem.from_uri(uri)
     scheme = uri.split("://", 1)[0]

@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..files import append_line
+from ..atomic_files import append_line
 from .config import CutoutConfig
 from .jobs import Job
 

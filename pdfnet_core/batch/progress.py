@@ -13,6 +13,8 @@ import sys
 import time
 from typing import Callable, TextIO
 
+from tqdm import tqdm
+
 STAGES = ("decode", "depth", "segmentation", "foreground", "encode")
 SLOW_SECONDS = 10.0
 
@@ -42,8 +44,6 @@ class BatchProgress:
         if bar is None:
             bar = not quiet and total > 0 and getattr(self.stream, "isatty", lambda: False)()
         if bar:
-            from tqdm import tqdm
-
             self.bar = tqdm(total=total, unit="img", file=self.stream, dynamic_ncols=True, smoothing=0.1)
 
     def _print(self, text: str) -> None:

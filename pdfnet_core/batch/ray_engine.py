@@ -19,15 +19,16 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+import ray
+from ray.data import DataContext
+
 from .config import CutoutConfig
+from .imageio import size_order
 from .jobs import Job
 from .manifest import Record
 from .progress import BatchProgress
-from .work import Decoded, Models, decode, process_batch
+from .stages import CutoutModels, Decoded, decode, process_batch
 
-# A test hook: when set to a path that does not exist yet, the first actor to get a batch creates
-# it and dies at once (os._exit), as a node lost mid-run would; see tests/unit/test_batch_ray.py.
-EXIT_ONCE_ENV = "PDFNET_RAY_TEST_EXIT_ONCE"
 DECODE_CPUS = 0.5
 
 
@@ -50,9 +51,9 @@ def decode_row(row: dict[str, Any], cfg: CutoutConfig) -> dict[str, Any]:
 
 def _decoded(batch: dict[str, np.ndarray], i: int) -> Decoded:
     row = {k: batch[k][i] for k in ("source", "stem", "shown")}
-    stat = tuple(int(v) for v in batch["stat"][i])
+    size, mtime = (int(v) for v in batch["stat"][i])
     error = str(batch["error"][i]) or None
-    item = Decoded(_row_job(row), None if stat[0] < 0 else stat, error=error,
+    item = Decoded(_row_job(row), None if size < 0 else (size, mtime), error=error,
                    stages={"decode": float(batch["decode_s"][i])})
     if error is None:
         item.image = torch.from_numpy(np.array(batch["image"][i], np.float32))
@@ -65,21 +66,12 @@ class Segmenter:
     """A Ray Data actor: models loaded once; each call segments, renders and writes a batch."""
 
     def __init__(self, cfg: CutoutConfig, background: np.ndarray | None,
-                 load_models: Callable[[CutoutConfig], Models]) -> None:
+                 load_models: Callable[[CutoutConfig], CutoutModels]) -> None:
         self.cfg = cfg
         self.models = load_models(cfg)
         self.background = None if background is None else torch.from_numpy(background)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        marker = os.environ.get(EXIT_ONCE_ENV)
-        if marker:
-            try:
-                with open(marker, "x"):
-                    pass
-            except FileExistsError:
-                pass
-            else:
-                os._exit(1)
         items = [_decoded(batch, i) for i in range(len(batch["key"]))]
         groups: dict[tuple, list[int]] = {}
         for i, item in enumerate(items):
@@ -105,24 +97,18 @@ def _runtime_env(joining: bool) -> dict[str, Any]:
 
 def run_ray(todo: list[Job], cfg: CutoutConfig, background: torch.Tensor | None,
             report: Callable[[Record, Job], None], progress: BatchProgress,
-            load_models: Callable[[CutoutConfig], Models]) -> None:
-    import ray
-
+            load_models: Callable[[CutoutConfig], CutoutModels]) -> None:
     started = not ray.is_initialized()
     if started:
         progress.note(f"starting Ray ({'joining ' + cfg.address if cfg.address else 'a local instance'})")
         ray.init(address=cfg.address, runtime_env=_runtime_env(cfg.address is not None),
                  include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     try:
-        from ray.data import DataContext
-
         DataContext.get_current().enable_progress_bars = False   # ours counts images, not blocks
         gpus = cfg.gpus_per_worker
         if gpus is None:
             gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
-        if cfg.batch_size > 1:
-            from .engine import size_order
-
+        if cfg.segment.batch_size > 1:
             todo = size_order(todo, max(1, cfg.prefetch))
         jobs = dict(enumerate(todo))
         rows = [{"key": k, "source": job.source, "stem": job.stem.as_posix(), "shown": str(job)}
@@ -134,7 +120,7 @@ def run_ray(todo: list[Job], cfg: CutoutConfig, background: torch.Tensor | None,
         ds = ds.map_batches(Segmenter, fn_constructor_kwargs={
                                 "cfg": cfg, "background": None if background is None else background.numpy(),
                                 "load_models": load_models},
-                            batch_size=cfg.batch_size, batch_format="numpy",
+                            batch_size=cfg.segment.batch_size, batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(size=cfg.workers),
                             num_gpus=gpus, num_cpus=0 if gpus else 1)
         progress.note(f"segmenting with {cfg.workers} Ray worker(s), {gpus:g} GPU(s) each")

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -28,18 +30,65 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 FLOAT_RANGE_SLACK = 0.5
 
 
-def to_rgb_list(images: Any, name: str = "images") -> list[torch.Tensor]:
-    """Normalise any accepted input to a list of [3,H,W] float32 tensors in 0..1."""
+@dataclass(frozen=True)
+class ImageSource:
+    """One input image before conversion: its name and size now, its pixels when they are needed.
+
+    A batch is converted one image at a time as the work reaches it (``rgb()``: the one layout
+    conversion and the one scan of its values), so a long video costs the memory of the frames in
+    flight, not a float copy of all of them.
+    """
+
+    item: Any
+    name: str
+    height: int
+    width: int
+
+    def rgb(self) -> torch.Tensor:
+        """The image as a [3,H,W] float32 CPU tensor in 0..1 (errors name the input)."""
+        return _one_to_chw(self.item, self.name)
+
+    def converted(self) -> "ImageSource":
+        """This image with its pixels converted now, for work that reads them more than once."""
+        return _Converted(self.rgb(), self.name, self.height, self.width)
+
+
+class _Converted(ImageSource):
+    def rgb(self) -> torch.Tensor:
+        return self.item
+
+
+def image_sources(images: Any, name: str = "images") -> list[ImageSource]:
+    """Every image of any accepted input, with its size; shapes and types are checked here, values by ``rgb()``."""
     if isinstance(images, torch.Tensor) and images.ndim == 4:
-        return [_one_to_chw(im, f"{name}[{i}]") for i, im in enumerate(images)]
+        return [_source(im, f"{name}[{i}]") for i, im in enumerate(images)]
     if isinstance(images, (list, tuple)):
         if not images:
             raise ValueError(f"{name} is empty: pass at least one image")
-        out: list[torch.Tensor] = []
-        for i, im in enumerate(images):
-            out.extend(to_rgb_list(im, f"{name}[{i}]"))
-        return out
-    return [_one_to_chw(images, name)]
+        return [s for i, im in enumerate(images) for s in image_sources(im, f"{name}[{i}]")]
+    return [_source(images, name)]
+
+
+def _source(image: Any, name: str) -> ImageSource:
+    if isinstance(image, torch.Tensor):
+        if image.ndim != 3:
+            raise ValueError(f"{name}: expected a [H,W,C] or [B,H,W,C] tensor, got shape {list(image.shape)}")
+        if image.shape[-1] not in (1, 3, 4):
+            raise ValueError(f"{name}: expected channels-last [H,W,C] with C in 1, 3 or 4, got {list(image.shape)}")
+        return ImageSource(image, name, image.shape[0], image.shape[1])
+    if isinstance(image, np.ndarray):
+        if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
+            raise ValueError(f"{name}: expected an HxW, HxWx1, HxWx3 or HxWx4 array, got shape {image.shape}")
+        return ImageSource(image, name, image.shape[0], image.shape[1])
+    if isinstance(image, Image.Image):
+        return ImageSource(image, name, image.height, image.width)
+    raise TypeError(f"{name}: unsupported image type {type(image).__name__}; "
+                    "pass a PIL image, a numpy array or a torch tensor")
+
+
+def to_rgb_list(images: Any, name: str = "images") -> list[torch.Tensor]:
+    """Normalise any accepted input to a list of [3,H,W] float32 tensors in 0..1."""
+    return [source.rgb() for source in image_sources(images, name)]
 
 
 def _one_to_chw(image: Any, name: str) -> torch.Tensor:
@@ -52,11 +101,7 @@ def _one_to_chw(image: Any, name: str) -> torch.Tensor:
         return _tensor_to_chw(image, name)
     if isinstance(image, np.ndarray):
         return _array_to_chw(image, name)
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover - pillow is a dependency
-        Image = None
-    if Image is not None and isinstance(image, Image.Image):
+    if isinstance(image, Image.Image):
         return _array_to_chw(pil_to_array(image), name)
     raise TypeError(f"{name}: unsupported image type {type(image).__name__}; "
                     "pass a PIL image, a numpy array or a torch tensor")
@@ -176,8 +221,6 @@ def to_mask_list(masks: Any, name: str = "depth") -> list[torch.Tensor]:
             raise ValueError(f"{name}: expected an HxW array, got shape {masks.shape}")
         out = [torch.from_numpy(arr.astype(np.float32))]
     else:
-        from PIL import Image
-
         if not isinstance(masks, Image.Image):
             raise TypeError(f"{name}: unsupported type {type(masks).__name__}")
         # np.array, not asarray: PIL's buffer is read-only, and torch must own a writable one
@@ -189,11 +232,11 @@ def to_mask_list(masks: Any, name: str = "depth") -> list[torch.Tensor]:
     return out
 
 
-def group_by_size(items: Sequence[torch.Tensor]) -> dict[tuple[int, int], list[int]]:
-    """Indices of same-sized images, so each group can run through a network as one batch."""
+def group_by_size(sizes: Sequence[tuple[int, int]]) -> dict[tuple[int, int], list[int]]:
+    """Indices of same-sized images (by their (H, W)), so each group can run through a network as one batch."""
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for i, t in enumerate(items):
-        groups[tuple(t.shape[-2:])].append(i)
+    for i, size in enumerate(sizes):
+        groups[(int(size[0]), int(size[1]))].append(i)
     return dict(groups)
 
 

@@ -3,20 +3,35 @@
 ``add_parsers(subparsers)`` registers both; each parser's ``run`` default takes the parsed
 arguments and returns the exit status: 0 done, 1 finished with failures (missing predictions,
 unreadable files, a diverging loss), 2 usage error (bad settings or folders, missing optional
-packages).  Nothing heavy is imported until a command runs.
+packages).  The optional extras (timm, pysodmetrics) are imported only when a command needs them.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
+
+from ..download import ModelDownloadError
+from ..exit_status import ExitStatus
+from ..families import family
+from ..metrics import csv_table, markdown_table, require_pysodmetrics
+from ..models.pdfnet.net import REVISIONS
+from ..precision import DTYPE_CHOICES, dtype_for, resolve_device
+from ..segment_options import SegmentOptions
+from ..weights import CheckpointError
+from . import plots
+from .config import load_config
+from .data import DatasetError
+from .evaluate import PipelineModels, evaluate, parse_pipeline
+from .loop import train
 
 _AUGMENT_FLAGS = ("hflip", "crop", "crop_min_scale")    # fields of TrainConfig.augment
 
 
 def _error(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
-    return 2
+    return ExitStatus.USAGE
 
 
 # --------------------------------------------------------------------------------------------
@@ -41,7 +56,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     start.add_argument("--swin-imagenet", help="ImageNet Swin-B (swin_base_patch4_window12_384) file, or "
                                                "timm:<name> to let timm download it")
     p.add_argument("--resume", nargs="?", const="last", help="continue from a checkpoint (default: OUT/checkpoints/last.pt)")
-    p.add_argument("--revision", choices=["auto", "v1", "v2"], help="official formulas to train with (auto: the init file's)")
+    p.add_argument("--revision", choices=["auto", *REVISIONS], help="official formulas to train with (auto: the init file's)")
     p.add_argument("--size", type=int, help="network side, multiple of 32 (paper: 1024)")
     p.add_argument("--batch", dest="batch_size", type=int, help="images per forward pass (paper: 1)")
     p.add_argument("--epochs", type=int, help="epochs (paper: 100)")
@@ -52,7 +67,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--warmup-steps", type=int, help="linear warm-up updates")
     p.add_argument("--grad-accum", type=int, help="micro-batches per optimizer update")
     p.add_argument("--clip-grad", type=float, help="clip the gradient norm to this value")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="autocast (auto: bf16/fp16 on CUDA)")
+    p.add_argument("--precision", choices=DTYPE_CHOICES, help="autocast (auto: bf16/fp16 on CUDA)")
     p.add_argument("--ema", dest="ema_decay", type=float, metavar="DECAY", help="keep an EMA of the weights (e.g. 0.999)")
     p.add_argument("--seed", type=int)
     p.add_argument("--val-every", type=int, help="updates between validations")
@@ -86,10 +101,6 @@ def train_overrides(args: argparse.Namespace) -> dict:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from .config import load_config
-
     overrides = train_overrides(args)
     resume_last = overrides.get("resume") == "last"
     if resume_last:
@@ -100,18 +111,14 @@ def run_train(args: argparse.Namespace) -> int:
         return _error(str(exc))
     if resume_last:
         config = replace(config, resume=config.out_dir / "checkpoints" / "last.pt")
-    from ..weights import CheckpointError
-    from .data import DatasetError
-    from .loop import train
-
     try:
         train(config, stop_after=getattr(args, "stop_after", None))
     except (DatasetError, CheckpointError, FileNotFoundError, ImportError, ValueError) as exc:
         return _error(str(exc))
     except FloatingPointError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        return ExitStatus.SOME_FAILED
+    return ExitStatus.OK
 
 
 # --------------------------------------------------------------------------------------------
@@ -138,34 +145,26 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--depth-weights", type=Path, help="Depth-Anything-V2 checkpoint when a subset has no depth/")
     p.add_argument("--models-dir", type=Path, help="models folder (default $PDFNET_MODELS_DIR)")
     p.add_argument("--download", action="store_true", help="download missing default weights")
-    p.add_argument("--size", type=int, default=1024, help="network resolution for --model (multiple of 32)")
+    p.add_argument("--size", type=int, default=SegmentOptions.size, help="network resolution for --model (multiple of 32)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16", "auto"], default="fp32")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default="fp32")
     p.add_argument("--overwrite", action="store_true", help="recompute predictions that already exist")
     p.set_defaults(run=run_evaluate)
     return p
 
 
 def run_evaluate(args: argparse.Namespace, echo=print) -> int:
-    from ..metrics import csv_table, markdown_table, require_pysodmetrics
-
     try:
         require_pysodmetrics()
     except ImportError as exc:
         return _error(str(exc))
-    from ..download import ModelDownloadError
-    from ..precision import dtype_for, resolve_device
-    from ..weights import CheckpointError
-    from . import plots
-    from .evaluate import Models, evaluate, parse_pipeline
-
     try:
         pipelines = [parse_pipeline(s) for s in args.pipelines or []]
-        if args.size < 32 or args.size % 32:
-            raise ValueError(f"--size must be a positive multiple of 32, got {args.size}")
-        models = Models(args.pdfnet_weights, args.birefnet_weights, args.segrefiner_weights, args.depth_weights,
-                        args.models_dir, args.download, str(resolve_device(args.device)),
-                        dtype_for(args.dtype, "pdfnet", resolve_device(args.device)))
+        SegmentOptions(size=args.size).validate()
+        device = resolve_device(args.device)
+        models = PipelineModels(args.pdfnet_weights, args.birefnet_weights, args.segrefiner_weights, args.depth_weights,
+                                args.models_dir, args.download, str(device),
+                                dtype_for(args.dtype, family("pdfnet").auto_dtypes, device))
         report = evaluate(args.pred_dir, args.gt_dir, args.subsets, pipelines or None, models, args.size,
                           args.overwrite, args.name, echo)
     except (ValueError, FileNotFoundError, CheckpointError, ModelDownloadError) as exc:
@@ -174,7 +173,7 @@ def run_evaluate(args: argparse.Namespace, echo=print) -> int:
         echo(f"warning: {line}")
     if not report.rows:
         echo("error: nothing could be evaluated")
-        return 1
+        return ExitStatus.SOME_FAILED
     out = args.out or args.pred_dir
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(report.rows)
@@ -184,7 +183,7 @@ def run_evaluate(args: argparse.Namespace, echo=print) -> int:
     plots.f_curve(report.rows, out / "f_curve.png")
     echo(table)
     echo(f"wrote {out / 'metrics.md'}, metrics.csv, pr_curve.png and f_curve.png")
-    return 1 if report.problems else 0
+    return ExitStatus.SOME_FAILED if report.problems else ExitStatus.OK
 
 
 def add_parsers(subparsers) -> None:

@@ -21,8 +21,12 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
+from ..atomic_files import atomic_write
+from ..depth import depth_prior
 from ..ops.images import imagenet_normalize
+from ..specs import LoadedModel
 from .config import AugmentConfig
 
 log = logging.getLogger("pdfnet_core")
@@ -58,8 +62,6 @@ def _names(stems: Sequence[str]) -> str:
 
 def scan_folder(root: Path) -> list[Item]:
     """The checked (image, mask, depth) triples of one DIS5K-style folder."""
-    from PIL import Image
-
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: no such folder")
@@ -113,8 +115,6 @@ def scan_folders(roots: Sequence[Path]) -> list[Item]:
 
 def read_rgb(path: Path) -> torch.Tensor:
     """[3,H,W] float32 in 0..1."""
-    from PIL import Image
-
     with Image.open(path) as im:
         arr = np.asarray(im.convert("RGB"))
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255.0
@@ -122,8 +122,6 @@ def read_rgb(path: Path) -> torch.Tensor:
 
 def read_gray(path: Path) -> torch.Tensor:
     """[1,H,W] float32 in 0..1 from an 8-bit, 16-bit, binary or float single-channel file (RGB: luma)."""
-    from PIL import Image
-
     with Image.open(path) as im:
         if im.mode in ("I;16", "I;16L", "I;16B", "I"):
             arr = np.asarray(im, dtype=np.float32)
@@ -153,13 +151,9 @@ def depth_cache_path(item: Item, cache_dir: Path) -> Path:
     return Path(cache_dir) / f"{root.name}-{tag}" / f"{item.stem}.png"
 
 
-def fill_depth(items: Sequence[Item], cache_dir: Path, load_depth_model: Callable[[], torch.nn.Module],
+def fill_depth(items: Sequence[Item], cache_dir: Path, load_depth_model: Callable[[], LoadedModel],
                progress: Callable[[int, int], None] | None = None) -> list[Item]:
     """Items with a depth map each; missing ones are computed once (``depth_prior``) and cached."""
-    from PIL import Image
-
-    from ..depth import depth_prior
-
     out: list[Item] = []
     todo: list[tuple[int, Path]] = []
     for item in items:
@@ -178,11 +172,9 @@ def fill_depth(items: Sequence[Item], cache_dir: Path, load_depth_model: Callabl
     for n, (index, cached) in enumerate(todo, start=1):
         rgb = read_rgb(out[index].image).permute(1, 2, 0)
         depth = depth_prior([rgb], model)[0]
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(f".{cached.name}.partial")
         # depth_prior is already quantised to 8 bits, so this store is exact
-        Image.fromarray((depth * 255).round().clamp(0, 255).to(torch.uint8).numpy()).save(tmp, format="PNG")
-        tmp.replace(cached)
+        png = Image.fromarray((depth * 255).round().clamp(0, 255).to(torch.uint8).numpy())
+        atomic_write(cached, lambda fh: png.save(fh, format="PNG"))
         if progress is not None:
             progress(n, len(todo))
     return out

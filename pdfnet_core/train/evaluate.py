@@ -17,8 +17,17 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from PIL import Image
 
+from ..atomic_files import atomic_write
+from ..defaults import model_file
+from ..families import family
+from ..loading import load_cached
 from ..metrics import IMAGE_SUFFIXES, FolderResult, Row, evaluate_folder
+from ..models.segrefiner.refiner import refine_with_segrefiner
+from ..pipeline import segment
+from ..specs import LoadedModel
+from .data import read_gray, read_rgb
 
 log = logging.getLogger("pdfnet_core")
 
@@ -76,8 +85,9 @@ def find_subsets(gt_root: Path, names: list[str] | None) -> list[Subset]:
 
 
 @dataclass
-class Models:
-    """Loads each model once, on first use, from the given files (or the default model folder)."""
+class PipelineModels:
+    """The models the pipelines need, from the given files or the default model folder; each is
+    loaded on first use, once per process, through the model cache (``load_cached``)."""
 
     pdfnet_weights: Path | None = None
     birefnet_weights: Path | None = None
@@ -88,61 +98,27 @@ class Models:
     device: str = "cpu"
     dtype: torch.dtype = torch.float32
 
-    def __post_init__(self):
-        self._loaded: dict[str, torch.nn.Module] = {}
-
-    def _default(self, kind: str) -> Path:
-        from ..defaults import DEFAULTS, default_model_path
-
-        folder = None if self.models_dir is None else self.models_dir / DEFAULTS[kind].folder_key
-        return default_model_path(kind, folder, download=self.download or None)
-
-    def get(self, kind: str) -> torch.nn.Module:
-        if kind not in self._loaded:
-            self._loaded[kind] = self._load(kind)
-        return self._loaded[kind]
-
-    def _load(self, kind: str) -> torch.nn.Module:
-        if kind == "pdfnet":
-            from ..models.pdfnet.loader import load_pdfnet
-
-            return load_pdfnet(self.pdfnet_weights or self._default("pdfnet"), device=self.device, dtype=self.dtype)
-        if kind == "depth_anything":
-            from ..models.depth_anything.loader import load_depth_anything
-
-            dtype = torch.float32 if self.dtype == torch.float16 else self.dtype
-            return load_depth_anything(self.depth_weights or self._default("depth_anything"),
-                                       device=self.device, dtype=dtype)
-        if kind == "birefnet":
-            if self.birefnet_weights is None:
-                raise ValueError("the birefnet pipeline needs --birefnet-weights FILE")
-            from ..models.birefnet.loader import load_birefnet
-
-            return load_birefnet(self.birefnet_weights, device=self.device, dtype=self.dtype)
-        if kind == "segrefiner":
-            if self.segrefiner_weights is None:
-                raise ValueError("the +segrefiner option needs --segrefiner-weights FILE (the HR checkpoint)")
-            from ..models.segrefiner.loader import load_segrefiner
-
-            return load_segrefiner(self.segrefiner_weights, device=self.device, dtype=self.dtype)
-        raise KeyError(kind)
+    def get(self, kind: str) -> LoadedModel:
+        weights = {"pdfnet": self.pdfnet_weights, "depth_anything": self.depth_weights,
+                   "birefnet": self.birefnet_weights, "segrefiner": self.segrefiner_weights}[kind]
+        if weights is None and family(kind).default_file is None:
+            flag = {"birefnet": "the birefnet pipeline needs --birefnet-weights FILE",
+                    "segrefiner": "the +segrefiner option needs --segrefiner-weights FILE (the HR checkpoint)"}[kind]
+            raise ValueError(flag)
+        path = model_file(kind, weights, self.models_dir, self.download or None)
+        # fp16 overflows in Depth-Anything-V2's attention
+        dtype = torch.float32 if kind == "depth_anything" and self.dtype == torch.float16 else self.dtype
+        return load_cached(kind, path, device=self.device, dtype=dtype)
 
 
 def _write_mask(alpha: torch.Tensor, path: Path) -> None:
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    Image.fromarray((alpha.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()).save(tmp, format="PNG")
-    tmp.replace(path)
+    image = Image.fromarray((alpha.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy())
+    atomic_write(path, lambda fh: image.save(fh, format="PNG"))
 
 
-def predict_subset(pipeline: Pipeline, models: Models, subset: Subset, out_dir: Path, size: int,
+def predict_subset(pipeline: Pipeline, models: PipelineModels, subset: Subset, out_dir: Path, size: int,
                    overwrite: bool = False, echo: Callable[[str], None] = print) -> list[str]:
     """Write ``out_dir/NAME.png`` for every image of the subset; returns the failures (one line each)."""
-    from ..pipeline import segment
-    from .data import read_gray, read_rgb
-
     if subset.image_dir is None:
         raise ValueError(f"{subset.gt_dir}: running a model needs the images; use the DIS5K layout "
                          "(SUBSET/im/*.jpg beside SUBSET/gt/*.png)")
@@ -164,9 +140,7 @@ def predict_subset(pipeline: Pipeline, models: Models, subset: Subset, out_dir: 
             alpha = segment(image[None], depth, models.get(pipeline.kind), depth_model=depth_model, size=size,
                             tta=pipeline.tta)[0]
             if pipeline.segrefiner:
-                from ..models.segrefiner.refiner import refine_with_segrefiner
-
-                alpha = refine_with_segrefiner(models.get("segrefiner"), image, alpha, mode="hr")
+                alpha = refine_with_segrefiner(models.get("segrefiner").module, image, alpha, mode="hr")
             _write_mask(alpha, out_dir / f"{stem}.png")
         except (ValueError, OSError) as exc:
             failures.append(f"{images[stem]}: {exc}")
@@ -185,7 +159,7 @@ class EvaluationReport:
 
 
 def evaluate(pred_root: Path, gt_root: Path, subsets: list[str] | None = None,
-             pipelines: list[Pipeline] | None = None, models: Models | None = None, size: int = 1024,
+             pipelines: list[Pipeline] | None = None, models: PipelineModels | None = None, size: int = 1024,
              overwrite: bool = False, label: str | None = None,
              echo: Callable[[str], None] = print) -> EvaluationReport:
     """Rows per (pipeline, subset) and the problems met (missing predictions, unreadable files, failures)."""
@@ -199,7 +173,7 @@ def evaluate(pred_root: Path, gt_root: Path, subsets: list[str] | None = None,
             pred_dir = pred_dir / subset.name if subsets else pred_dir
             if pipeline is not None:
                 echo(f"running {name} on {subset.name} -> {pred_dir}")
-                problems += predict_subset(pipeline, models or Models(), subset, pred_dir, size, overwrite, echo)
+                problems += predict_subset(pipeline, models or PipelineModels(), subset, pred_dir, size, overwrite, echo)
             result: FolderResult = evaluate_folder(pred_dir, subset.gt_dir)
             if result.missing:
                 problems.append(f"{name} {subset.name}: {len(result.missing)} mask(s) without a prediction in "

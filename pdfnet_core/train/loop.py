@@ -24,8 +24,14 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
+from ..atomic_files import atomic_write
+from ..defaults import model_file
+from ..loading import load_cached
+from ..metrics import DISMetrics
 from ..precision import resolve_device
+from ..specs import LoadedModel
 from .config import TrainConfig, to_dict
 from .data import DatasetError, DISDataset, Item, epoch_batches, fill_depth, read_gray, scan_folders
 from .losses import LossTerms, loss_terms
@@ -45,7 +51,7 @@ _RUN_DEFINING = ("model", "revision", "size", "batch_size", "epochs", "max_steps
 
 
 def require_timm():
-    try:
+    try:   # deferred: the optional extra pdfnet[train]
         from timm.scheduler import CosineLRScheduler
         from timm.utils import ModelEmaV3
     except ImportError as exc:
@@ -102,10 +108,8 @@ def validate(model: TrainingPDFNet, dataset: DISDataset, device: torch.device, a
              per_item: bool) -> dict[str, float]:
     """Mean loss, IoU and MAE at the masks' own size; the DIS metrics too when PySODMetrics is installed."""
     try:
-        from ..metrics import DISMetrics
-
-        metrics = DISMetrics()
-    except ImportError:
+        metrics: DISMetrics | None = DISMetrics()
+    except ImportError:   # the optional extra pysodmetrics: loss, IoU and MAE only
         metrics = None
     was_training = model.training
     model.eval()
@@ -158,10 +162,7 @@ class CsvLog:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 @dataclass
@@ -192,15 +193,10 @@ class TrainResult:
     model_path: Path | None = None
 
 
-def _load_depth_model(config: TrainConfig, device: torch.device):
-    from ..defaults import DEFAULTS, default_model_path
-    from ..models.depth_anything.loader import load_depth_anything
-
-    path = config.depth_weights
-    if path is None:
-        folder = None if config.models_dir is None else config.models_dir / DEFAULTS["depth_anything"].folder_key
-        path = default_model_path("depth_anything", folder, download=config.download or None)
-    return load_depth_anything(path, device=device)
+def _load_depth_model(config: TrainConfig, device: torch.device) -> LoadedModel:
+    """The frozen Depth-Anything-V2 for images without depth maps: --depth-weights or the default file."""
+    path = model_file("depth_anything", config.depth_weights, config.models_dir, config.download or None)
+    return load_cached("depth_anything", path, device=device)
 
 
 def prepare_items(config: TrainConfig, device: torch.device,
@@ -210,9 +206,9 @@ def prepare_items(config: TrainConfig, device: torch.device,
     if len(items) < config.batch_size:
         raise DatasetError(f"the training set has {len(items)} image(s), fewer than one batch of {config.batch_size}")
     cache = config.depth_cache or config.out_dir / "depth_cache"
-    depth_model = []
+    depth_model: list[LoadedModel] = []
 
-    def load():
+    def load() -> LoadedModel:
         if not depth_model:
             echo("loading the depth model for images without depth maps")
             depth_model.append(_load_depth_model(config, device))
@@ -224,8 +220,6 @@ def prepare_items(config: TrainConfig, device: torch.device,
 def train(config: TrainConfig, echo: Callable[[str], None] = print, stop_after: int | None = None) -> TrainResult:
     """Run (or resume) one training run; ``stop_after`` ends this process after that many updates
     (the schedule still spans the whole run; resume later with ``resume=OUT/checkpoints/last.pt``)."""
-    from tqdm.auto import tqdm
-
     config.validate()
     CosineLRScheduler, ModelEmaV3 = require_timm()
     device = resolve_device(config.device)

@@ -15,8 +15,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..models.pdfnet.net import PDFNet, PDFNetConfig, check_inputs, minmax_per_item
+from ..models.common.swin import SwinTransformer, WindowAttention
+from ..models.pdfnet.loader import load_pdfnet
+from ..models.pdfnet.net import CrossAttention, PDFNet, PDFNetConfig, check_inputs, minmax_per_item
+from ..weights import read_state_dict
 from .depth_head import PREFIX, DepthHead, fit_report, head_entries
+from .swin_timm import load_imagenet_swin
 
 log = logging.getLogger("pdfnet_core")
 
@@ -67,9 +71,6 @@ def init_weights(module: nn.Module) -> None:
     convolutions (decoder, channel mixers, depth head): truncated normal std 0.02, zero bias;
     attention projections: Xavier uniform (``nn.MultiheadAttention``'s default).
     """
-    from ..models.common.swin import SwinTransformer, WindowAttention
-    from ..models.pdfnet.net import CrossAttention
-
     encoders = [m for m in module.modules() if isinstance(m, SwinTransformer)]
     in_encoder = {id(m) for e in encoders for m in e.modules()}
     for m in module.modules():
@@ -113,9 +114,6 @@ def build_training_model(config: PDFNetConfig, init: Path | None = None, swin_im
     ``init`` checkpoint shows (load_pdfnet's rule: v1 for the released files) and otherwise
     ``config.revision``.
     """
-    from ..models.pdfnet.loader import load_pdfnet
-    from ..weights import read_state_dict
-
     if init is not None:
         state = read_state_dict(init)
         net = load_pdfnet(state, config=config, revision=revision)
@@ -136,8 +134,6 @@ def build_training_model(config: PDFNetConfig, init: Path | None = None, swin_im
             head_loaded = True
         description = f"fine-tuning {init}" + (" (depth head from the file)" if head_loaded else "")
     elif swin_imagenet is not None:
-        from .swin_timm import load_imagenet_swin
-
         load_imagenet_swin(net.encoder, swin_imagenet)
         description = f"training from the ImageNet Swin encoder {swin_imagenet}"
     else:

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
 _PALETTE = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189),
             (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
@@ -13,8 +14,6 @@ _MARGIN = (70, 30, 30, 60)   # left, top, right, bottom
 
 
 def _font(size: int):
-    from PIL import ImageFont
-
     try:
         return ImageFont.load_default(size=size)
     except TypeError:         # Pillow < 10.1 has only the fixed bitmap font
@@ -25,8 +24,6 @@ def line_plot(series: Sequence[tuple[str, np.ndarray, np.ndarray]], path: Path, 
               ylabel: str, xlim: tuple[float, float], ylim: tuple[float, float] = (0.0, 1.0),
               xticks: Sequence[float] | None = None) -> Path:
     """``series``: (label, x, y) per line; ``xticks`` default: ten steps.  Writes an RGB PNG."""
-    from PIL import Image, ImageDraw
-
     image = Image.new("RGB", (_W, _H), "white")
     draw = ImageDraw.Draw(image)
     left, top, right, bottom = _MARGIN[0], _MARGIN[1], _W - _MARGIN[2], _H - _MARGIN[3]

@@ -42,7 +42,7 @@ def read_imagenet_swin(source: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from a file, or ``timm:<name>`` (downloaded by timm, which needs network access)."""
     text = str(source)
     if text.startswith(TIMM_PREFIX):
-        import timm
+        import timm   # deferred: the optional extra pdfnet[train]
 
         name = text[len(TIMM_PREFIX):] or DEFAULT_TIMM_NAME
         model = timm.create_model(name, pretrained=True, num_classes=0)

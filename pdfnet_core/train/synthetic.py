@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 
 def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -69,8 +70,6 @@ def make_sample(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, n
 def write_synthetic_dis(root: Path, count: int, size: tuple[int, int] = (96, 96), seed: int = 0,
                         with_depth: bool = True, prefix: str = "synthetic") -> list[str]:
     """Write ``count`` samples to ROOT/im/*.jpg, ROOT/gt/*.png (and ROOT/depth/*.png); returns the names."""
-    from PIL import Image
-
     root = Path(root)
     folders = ["im", "gt"] + (["depth"] if with_depth else [])
     for name in folders:

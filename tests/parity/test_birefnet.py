@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from pdfnet_core import registry
+from pdfnet_core import families as registry
+from pdfnet_core.specs import hf_url
 from pdfnet_core.models.birefnet.loader import TRAINING_HEADS, _batchnorm_counters, load_birefnet
 from pdfnet_core.models.birefnet import deform_conv
 from pdfnet_core.models.birefnet.net import VARIANTS, BiRefNet
@@ -250,7 +251,7 @@ def test_registry_entries():
     assert entries["BiRefNet.safetensors"].patch_order == "legacy"
     assert {e.variant for e in entries.values()} == set(VARIANTS)
     assert all(e.hf_filename == "model.safetensors" and e.repo_id.startswith("ZhengPeng7/") for e in entries.values())
-    url = registry.hf_url(entries["BiRefNet_lite.safetensors"])
+    url = hf_url(entries["BiRefNet_lite.safetensors"])
     assert url.endswith("ZhengPeng7/BiRefNet_lite/resolve/main/model.safetensors")
 
 

@@ -381,7 +381,8 @@ def test_registry_entries_are_manual_download_only(tmp_path, monkeypatch):
     import huggingface_hub
 
     from pdfnet_core.download import ModelFileMissingError, ensure_model_file
-    from pdfnet_core.registry import hf_url, known_files, lookup
+    from pdfnet_core.families import known_files, lookup
+    from pdfnet_core.specs import hf_url
 
     names = [e.filename for e in known_files("segrefiner")]
     assert names == ["segrefiner_lr_latest.pth", "segrefiner_hr_latest.pth"]

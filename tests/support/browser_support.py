@@ -59,7 +59,7 @@ UI_WORKFLOWS = ("remove_background", "replace_background", "depth_and_mask", "ba
                 "remove_background_external_depth", "generative_background", "refine_composite",
                 "depth_estimate")
 
-# Weights that are not this pack's (so not in pdfnet_core.registry): where ComfyUI's own templates
+# Weights that are not this pack's (so not in the registry of pdfnet_core.families): where ComfyUI's own templates
 # point for them.
 OTHER_MODELS = {
     "v1-5-pruned-emaonly-fp16.safetensors": {
@@ -72,7 +72,8 @@ MODEL_INPUTS = ("model_name", "ckpt_name")
 
 def models_of(api: dict) -> list[dict]:
     """`models` metadata ({name, url, directory}) for every weight file an API workflow names."""
-    from pdfnet_core.registry import hf_url, lookup
+    from pdfnet_core.families import lookup
+    from pdfnet_core.specs import hf_url
 
     out = []
     for node in api.values():

@@ -3,7 +3,7 @@
 The UI format is not written by hand: each API workflow is loaded by the ComfyUI frontend's own
 loader (app.loadApiJson) in headless Chromium, laid out, and saved with app.graph.serialize(),
 exactly what the frontend writes when a user saves. `models` metadata is added from
-pdfnet_core.registry. A screenshot of each goes to docs/images/workflow_<name>.png for the README.
+pdfnet_core.families. A screenshot of each goes to docs/images/workflow_<name>.png for the README.
 
     COMFY_DIR=... COMFY_PYTHON=... .venv/bin/python tests/browser/make_ui_workflows.py
 """

@@ -13,20 +13,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from pdfnet_core import cli
+from pdfnet_core import SegmentOptions
 from pdfnet_core.batch.config import CutoutConfig, Shard, UsageError
-from pdfnet_core.batch.engine import run_cutout
+from pdfnet_core.batch.runner import run_cutout
 from pdfnet_core.batch.manifest import MANIFEST_NAME, Manifest
 from pdfnet_core.batch.progress import BatchProgress
-from pdfnet_core.batch.work import Models
+from pdfnet_core.batch.stages import CutoutModels
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-class RedAlpha(Models):
+class RedAlpha(CutoutModels):
     """The red channel as alpha: each output shows its source; records the batch sizes it ran."""
 
     def __init__(self):
@@ -51,8 +51,9 @@ def _folder(root: Path, sizes: list[tuple[int, int]]) -> Path:
 
 
 def _cfg(src, out, **kw) -> CutoutConfig:
+    segment = SegmentOptions(**{k: kw.pop(k) for k in ("size", "resize", "tta", "batch_size") if k in kw})
     return CutoutConfig(inputs=tuple(map(str, src if isinstance(src, (list, tuple)) else [src])), out=out,
-                        foreground="none", mask=True, **kw)
+                        foreground="none", mask=True, segment=segment, **kw)
 
 
 def _run(cfg, models=None, stream=None) -> tuple[int, str]:
@@ -114,7 +115,7 @@ def test_a_killed_run_is_resumed_with_exactly_the_missing_work(tmp_path):
         sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / "tests" / "unit")!r}]
         from pathlib import Path
         from test_batch import RedAlpha, _cfg
-        from pdfnet_core.batch.engine import run_cutout
+        from pdfnet_core.batch.runner import run_cutout
 
         class DiesOnTheFourth(RedAlpha):
             def segment(self, images, depth, cfg, progress=None):
@@ -225,7 +226,7 @@ def test_cli_flags_reach_the_config_and_bad_ones_are_usage_errors(capsys):
                                      "--quiet", "--retry-failed", "--engine", "ray", "--workers", "2",
                                      "--gpus-per-worker", "0.5", "--address", "auto"])
     cfg = cli._cutout_config(args)
-    assert (cfg.batch_size, cfg.shard, cfg.quiet, cfg.retry_failed) == (4, Shard(1, 3), True, True)
+    assert (cfg.segment.batch_size, cfg.shard, cfg.quiet, cfg.retry_failed) == (4, Shard(1, 3), True, True)
     assert (cfg.engine, cfg.workers, cfg.gpus_per_worker, cfg.address) == ("ray", 2, 0.5, "auto")
     assert cli.main(["cutout", "a.png", "--out", "o", "--workers", "2"]) == 2
     assert cli.main(["cutout", "a.png", "--out", "o", "--batch-size", "0"]) == 2
@@ -253,7 +254,7 @@ def test_a_library_logger_with_its_own_handler_is_printed_once(capsys, monkeypat
 
 
 def test_manifest_lines_are_whole_after_a_cut_line(tmp_path):
-    from pdfnet_core.files import append_line
+    from pdfnet_core.atomic_files import append_line
 
     path = tmp_path / MANIFEST_NAME
     path.write_bytes(b'{"source": "a", "stem": "a", "status": "do')     # a line cut by a full disk

@@ -4,6 +4,7 @@ written exactly once.  The models are the stand-in of test_batch (shipped to the
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -11,19 +12,35 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from pdfnet_core.batch.engine import run_cutout  # noqa: E402
 from pdfnet_core.batch.manifest import MANIFEST_NAME  # noqa: E402
-from pdfnet_core.batch.ray_engine import EXIT_ONCE_ENV  # noqa: E402
+from pdfnet_core.batch.runner import run_cutout  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 import test_batch  # noqa: E402
 from test_batch import RedAlpha, _cfg, _folder, _outputs, _run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
+# When set to a path that does not exist yet, the first actor to get a batch creates it and dies at
+# once (os._exit), as a node lost mid-run would.
+EXIT_ONCE_ENV = "PDFNET_TEST_RAY_EXIT_ONCE"
+
+
+class DiesOnce(RedAlpha):
+    def segment(self, images, depth, cfg, progress=None):
+        marker = os.environ.get(EXIT_ONCE_ENV)
+        if marker:
+            try:
+                with open(marker, "x"):
+                    pass
+            except FileExistsError:
+                pass
+            else:
+                os._exit(1)
+        return super().segment(images, depth, cfg, progress)
 
 
 def _stand_in(cfg):
-    return RedAlpha()
+    return DiesOnce()
 
 
 @pytest.fixture(scope="module")

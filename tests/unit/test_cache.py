@@ -276,7 +276,6 @@ def test_a_waiting_thread_sees_the_loaders_error():
 class RecordingHook:
     def __init__(self) -> None:
         self.wrapped: list[tuple[nn.Module, CacheKey]] = []
-        self.resident: list[tuple[object, int]] = []
         self.released: list[object] = []
 
     def wrap(self, model, key):
@@ -284,14 +283,11 @@ class RecordingHook:
         self.wrapped.append((model, key))
         return handle
 
-    def ensure_resident(self, handle, memory_required):
-        self.resident.append((handle, memory_required))
-
     def release(self, handle):
         self.released.append(handle)
 
 
-def test_residency_hook_wraps_once_and_is_asked_before_each_use():
+def test_residency_hook_wraps_once_and_hands_back_its_handle():
     hook = RecordingHook()
     assert isinstance(hook, ResidencyHook) and isinstance(NullResidency(), ResidencyHook)
     cache = ModelCache(budget_bytes=GiB, hook=hook)
@@ -299,10 +295,8 @@ def test_residency_hook_wraps_once_and_is_asked_before_each_use():
     cache.get_or_load(_mem("a"), "fp16", "cpu", CountingLoader())
     [(wrapped_model, key)] = hook.wrapped
     assert wrapped_model is model and key == CacheKey(_mem("a"), "float16", "cpu")
-    cache.ensure_resident(model, memory_required=123)
-    cache.ensure_resident(model, memory_required=456)
     handle = cache.handle_for(model)
-    assert hook.resident == [(handle, 123), (handle, 456)] and len(hook.wrapped) == 1
+    assert cache.handle_for(model) == handle == ("handle", 0, key) and len(hook.wrapped) == 1
 
 
 def test_residency_hook_releases_on_eviction_and_clear():
@@ -313,25 +307,23 @@ def test_residency_hook_releases_on_eviction_and_clear():
     b = cache.get_or_load(_mem("b"), "fp32", "cpu", CountingLoader())
     assert hook.released == [handle_a]
     # the evicted model is still in use: asking for it brings it back under a fresh handle
-    cache.ensure_resident(a, 1)
-    assert hook.resident[-1][0] != handle_a and len(hook.wrapped) == 3
+    assert cache.handle_for(a) != handle_a and len(hook.wrapped) == 3
     assert cache.stats().revivals == 1 and cache.keys()[-1].source == _mem("a")
     cache.clear()
     assert len(hook.released) == 3
     del b
 
 
-def test_ensure_resident_uses_the_current_hook():
+def test_handle_for_uses_the_current_hook():
     first, second = RecordingHook(), RecordingHook()
     cache = ModelCache(budget_bytes=GiB, hook=first)
     model = cache.get_or_load(_mem("a"), "fp32", "cpu", CountingLoader())
     cache.set_residency_hook(second)
     assert len(first.released) == 1
-    cache.ensure_resident(model, 7)
-    assert first.resident == [] and [m for m, _ in second.wrapped] == [model]
-    assert second.resident[0][1] == 7
+    cache.handle_for(model)
+    assert [m for m, _ in second.wrapped] == [model]
 
 
-def test_ensure_resident_refuses_a_foreign_model():
+def test_handle_for_refuses_a_foreign_model():
     with pytest.raises(ValueError, match="not loaded through this model cache"):
-        ModelCache(budget_bytes=GiB).ensure_resident(nn.Linear(2, 2), 0)
+        ModelCache(budget_bytes=GiB).handle_for(nn.Linear(2, 2))

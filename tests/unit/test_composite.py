@@ -17,7 +17,7 @@ from pdfnet_core.ops.composite import (
 )
 import pdfnet_core.ops.images
 from pdfnet_core.ops.images import to_uint8
-from nodes.batches import foreground_to_loadimage_mask, loadimage_mask_to_foreground
+from nodes.adapters import foreground_to_loadimage_mask, loadimage_mask_to_foreground
 
 
 def rand(*shape: int, seed: int = 0) -> torch.Tensor:

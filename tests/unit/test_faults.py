@@ -22,11 +22,11 @@ from PIL import Image
 
 import pdfnet_core.pipeline
 from pdfnet_core import cli
-from pdfnet_core.batch import work
+from pdfnet_core.batch import stages
 from pdfnet_core.batch.config import MAX_PIXELS_ENV
 from pdfnet_core.batch.imageio import write_image
 from pdfnet_core.batch.manifest import MANIFEST_NAME
-from pdfnet_core.files import TEMP_PREFIX, TEMP_SUFFIX
+from pdfnet_core.atomic_files import TEMP_PREFIX, TEMP_SUFFIX
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,7 +43,7 @@ def models(monkeypatch):
 
     def load_models(cfg):
         state.loaded += 1
-        return work.Models(object(), None)
+        return stages.CutoutModels(object(), None)
 
     def segment(images, depth=None, model=None, **kwargs):
         for image in images:
@@ -52,7 +52,7 @@ def models(monkeypatch):
                 raise state.fail[size]
         return [image[..., 0].clone() for image in images]  # the red channel as alpha: each output shows its source
 
-    monkeypatch.setattr(work, "load_models", load_models)
+    monkeypatch.setattr(stages, "load_models", load_models)
     monkeypatch.setattr(pdfnet_core.pipeline, "segment", segment)
     return state
 
@@ -375,7 +375,7 @@ def test_a_download_killed_mid_way_is_cleaned_up_by_the_next(tmp_path, monkeypat
     import huggingface_hub
 
     from pdfnet_core.download import STALE_STAGING_SECONDS, ensure_model_file
-    from pdfnet_core.registry import lookup
+    from pdfnet_core.families import lookup
 
     entry = lookup("PDFNet_Best.pth")
     folder = tmp_path / "pdfnet"

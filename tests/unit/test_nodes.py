@@ -1,6 +1,6 @@
 """The node layer's logic outside the node classes, without ComfyUI.
 
-nodes/batches.py is plain torch; nodes/host.py and nodes/model_files.py import ComfyUI inside their
+nodes/adapters.py is plain torch; nodes/host.py and nodes/model_files.py import ComfyUI inside their
 functions, so here they run against small stand-ins for folder_paths and comfy.* put into sys.modules.  What only a
 real server can show (the node classes, schemas, lazy inputs, the real memory manager) is in
 test_comfy_integration.py.
@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 import pdfnet_core
-from nodes import batches as ad
+from nodes import adapters as ad
 from nodes import model_files as mf
 from pdfnet_core import WEIGHT_SUFFIXES, LoadedModel, RefineConfig, SegmentOptions, family, refine_mask, segment
 from pdfnet_core.cache import ModelCache
@@ -57,14 +57,16 @@ class FakeDepth(nn.Module):
 
 
 class FakeProgress:
+    """A node's bar as pdfnet_core's ``progress(done, total)``: remembers every report."""
+
     def __init__(self, total: int) -> None:
         self.total, self.done = total, 0
+        self.reports: list[tuple[int, int]] = []
 
-    def step(self, count: int = 1) -> None:
-        self.done += count
-
-    def resize(self, total: int) -> None:
-        self.total = total
+    def __call__(self, done: int, total: int) -> None:
+        assert done >= self.done, "progress never goes back"
+        self.done, self.total = done, total
+        self.reports.append((done, total))
 
 
 class FakeRuntime:
@@ -141,13 +143,13 @@ def test_depth_must_match_the_image_batch_and_size():
     image = images(2)
     assert ad.check_depth_for(image, torch.rand(2, 40, 56)).shape == (2, 40, 56)
     assert ad.check_depth_for(image[:1], torch.rand(40, 56)).shape == (1, 40, 56)
-    with pytest.raises(ad.NodeInputError, match=r"image has 2 items and depth has 1: pass one depth per item"):
+    with pytest.raises(pdfnet_core.InputError, match=r"image has 2 items and depth has 1: pass one depth per item"):
         ad.check_depth_for(image, torch.rand(1, 40, 56))
-    with pytest.raises(ad.NodeInputError, match=r"depth is 28x20 \(WxH\) but image is 56x40.*resize it to 56x40"):
+    with pytest.raises(pdfnet_core.InputError, match=r"depth is 28x20 \(WxH\) but image is 56x40.*resize it to 56x40"):
         ad.check_depth_for(image, torch.rand(2, 20, 28))
-    with pytest.raises(ad.NodeInputError, match="not a MASK"):
+    with pytest.raises(pdfnet_core.InputError, match="not a MASK"):
         ad.check_depth_for(image, torch.rand(2, 40, 56, 3))
-    with pytest.raises(ad.NodeInputError, match=r"image: expected a \[B,H,W,3\]"):
+    with pytest.raises(pdfnet_core.InputError, match=r"image: expected a \[B,H,W,3\]"):
         ad.node_image(torch.rand(40, 56, 3))
 
 
@@ -163,27 +165,30 @@ def test_depth_normalisations():
 # loops
 
 
-def test_pipeline_callback_turns_totals_into_steps():
-    bar = FakeProgress(10)
-    cb = ad.pipeline_callback(bar)
-    for done in (2, 2, 5, 7):
-        cb(done, 7)
-    assert bar.done == 7
-
-
-def test_segment_in_chunks_equals_one_segment_call():
-    image, model, dam = images(5), fake_pdfnet(), fake_depth()
+def test_segment_is_one_segment_call_with_the_nodes_bar_and_residency_per_batch(monkeypatch):
+    image, model, dam = images(11), fake_pdfnet(), fake_depth()
     opts = SegmentOptions(size=64)
     rt = FakeRuntime()
-    got = ad.segment_images(image, model, opts, rt, depth_model=dam, chunk=2)
+    got = ad.segment_images(image, model, opts, rt, depth_model=dam)
     want = torch.stack(segment(image, model=model, depth_model=dam, options=opts))
-    assert got.shape == (5, 40, 56)
+    assert got.shape == (11, 40, 56)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
-    assert [b.total for b in rt.bars] == [10] and rt.bars[0].done == 10   # depth + segmentation per image
+    # one bar, fed straight from segment(): cumulative, depth + segmentation per image
+    assert len(rt.bars) == 1 and rt.bars[0].reports[-1] == (22, 22)
+    assert rt.bars[0].reports[:3] == [(4, 22), (8, 22), (9, 22)]
     names = [n for n, _ in rt.resident_calls]
-    # made resident before each forward pass: one depth batch and two PDFNet passes per chunk of 2
-    assert names == ["FakeDepth", "FakePDFNet", "FakePDFNet"] * 2 + ["FakeDepth", "FakePDFNet"]
+    # made resident before each forward pass: a chunk of 8 images gets its depth (batches of 4), then
+    # its PDFNet passes, then the next chunk
+    assert names == ["FakeDepth"] * 2 + ["FakePDFNet"] * 8 + ["FakeDepth"] + ["FakePDFNet"] * 3
     assert all(mem > 0 for _, mem in rt.resident_calls)
+    # each image is converted once (one layout conversion, one scan of its values)
+    from pdfnet_core.ops import images as image_ops
+
+    calls = []
+    real = image_ops._one_to_chw
+    monkeypatch.setattr(image_ops, "_one_to_chw", lambda im, name: (calls.append(name), real(im, name))[1])
+    ad.segment_images(image, model, opts, FakeRuntime(), depth_model=dam)
+    assert sorted(calls) == sorted(f"image[{i}]" for i in range(11))
 
 
 def test_segment_with_external_depth_never_touches_the_depth_model():
@@ -191,18 +196,18 @@ def test_segment_with_external_depth_never_touches_the_depth_model():
     depth = torch.rand(3, 40, 56)
     rt = FakeRuntime()
     got = ad.segment_images(image, model, SegmentOptions(size=64), rt, depth_model=fake_depth(fail=True),
-                            depth=depth, chunk=2)
+                            depth=depth)
     torch.testing.assert_close(got, torch.stack(segment(image, depth, model, size=64)), rtol=0, atol=0)
     assert rt.bars[0].total == 3 and rt.bars[0].done == 3
     assert {n for n, _ in rt.resident_calls} == {"FakePDFNet"}
 
 
 def test_segment_needs_some_depth_and_valid_options():
-    with pytest.raises(ad.NodeInputError, match="connect a Depth-Anything-V2 model"):
+    with pytest.raises(pdfnet_core.InputError, match="connect a Depth-Anything-V2 model"):
         ad.segment_images(images(1), fake_pdfnet(), SegmentOptions(size=64), FakeRuntime())
     with pytest.raises(ValueError, match="multiple of 32"):
         ad.segment_images(images(1), fake_pdfnet(), SegmentOptions(size=50), FakeRuntime(), depth_model=fake_depth())
-    with pytest.raises(ad.NodeInputError, match="pdfnet_model: .*not a model of this pack"):
+    with pytest.raises(pdfnet_core.InputError, match="pdfnet_model: .*not a model of this pack"):
         ad.segment_images(images(1), FakePDFNet(), SegmentOptions(size=64), FakeRuntime(), depth_model=fake_depth())
 
 
@@ -224,14 +229,14 @@ def test_depth_images_per_image_and_per_batch():
     image = images(3)
     image[1] *= 0.5
     rt = FakeRuntime()
-    per_image = ad.estimate_depth_images(image, fake_depth(), rt, normalization="per_image", chunk=2)
-    per_batch = ad.estimate_depth_images(image, fake_depth(), rt, normalization="per_batch", chunk=2)
+    per_image = ad.estimate_depth_images(image, fake_depth(), rt, normalization="per_image")
+    per_batch = ad.estimate_depth_images(image, fake_depth(), rt, normalization="per_batch")
     assert per_image.shape == (3, 40, 56)
     for d in per_image:
         assert d.min() == 0 and d.max() == 1
     assert per_batch.min() == 0 and per_batch.max() == 1 and per_batch[1].max() < 0.75
     assert [b.done for b in rt.bars] == [3, 3]
-    with pytest.raises(ad.NodeInputError, match="normalization"):
+    with pytest.raises(pdfnet_core.InputError, match="normalization"):
         ad.estimate_depth_images(image, fake_depth(), rt, normalization="global")
 
 
@@ -251,7 +256,7 @@ def test_refine_widgets_map_to_a_config():
     assert (cfg.threshold_low, cfg.threshold_high, cfg.hole_max_area, cfg.temporal_method) == (0.4, None, None, "ema")
     assert ad.refine_config(threshold=0.2, threshold_high=0.8).threshold_high == 0.8
     assert ad.refine_config(threshold=0.0, threshold_high=0.8).threshold_high is None
-    with pytest.raises(ad.NodeInputError, match="threshold_high"):
+    with pytest.raises(pdfnet_core.InputError, match="threshold_high"):
         ad.refine_config(threshold=0.5, threshold_high=0.3)
 
 
@@ -264,9 +269,9 @@ def test_refine_in_chunks_equals_refine_mask_with_temporal_on_the_whole_batch():
     got = ad.refine_masks(mask, cfg, rt, image=image, chunk=2)
     torch.testing.assert_close(got, refine_mask(mask, cfg, image), rtol=0, atol=1e-6)
     assert rt.bars[0].done == 5
-    with pytest.raises(ad.NodeInputError, match="needs the 'image' input"):
+    with pytest.raises(pdfnet_core.InputError, match="needs the 'image' input"):
         ad.refine_masks(mask, cfg, rt)
-    with pytest.raises(ad.NodeInputError, match="connect the image the mask was made from"):
+    with pytest.raises(pdfnet_core.InputError, match="connect the image the mask was made from"):
         ad.refine_masks(mask, cfg, rt, image=images(5, 16, 40))
 
 
@@ -278,9 +283,9 @@ def test_foreground_batches_are_checked_and_chunked():
     torch.testing.assert_close(got, estimate_foreground(image, mask, "blur_fusion").foreground)
     one_image = ad.estimate_foreground_images(image[:1], mask, "blur_fusion", FakeRuntime(), chunk=2)
     assert one_image.shape == (3, 24, 24, 3)
-    with pytest.raises(ad.NodeInputError, match="pass one mask per item of image"):
+    with pytest.raises(pdfnet_core.InputError, match="pass one mask per item of image"):
         ad.estimate_foreground_images(images(3, 24, 24), torch.rand(2, 24, 24), "blur_fusion", FakeRuntime())
-    with pytest.raises(ad.NodeInputError, match="same size"):
+    with pytest.raises(pdfnet_core.InputError, match="same size"):
         ad.estimate_foreground_images(images(1, 24, 24), torch.rand(1, 20, 24), "blur_fusion", FakeRuntime())
 
 
@@ -380,11 +385,10 @@ def comfy(monkeypatch, tmp_path):
                          "comfy.utils": utils, "folder_paths": fp}.items():
         monkeypatch.setitem(sys.modules, name, module)
     state.folder_paths = fp
-    from nodes import host
+    import pdfnet_core.cache
 
     cache = ModelCache(budget_bytes=1 << 30)
-    monkeypatch.setattr(host, "default_cache", lambda: cache)
-    monkeypatch.setattr(mf, "default_cache", lambda: cache)
+    monkeypatch.setattr(pdfnet_core.cache, "_DEFAULT_CACHE", cache)   # what default_cache() returns
     state.cache = cache
     return state
 
@@ -438,9 +442,9 @@ def test_download_goes_to_the_first_folder(comfy, monkeypatch, tmp_path):
     monkeypatch.setattr(mf, "ensure_model_file", fake_ensure)
     path = mf.model_path("depth_anything", "depth_anything_v2_vits.pth", download=True)
     assert asked == [("depth_anything_v2_vits.pth", first, True)] and path == str(first / "depth_anything_v2_vits.pth")
-    with pytest.raises(ad.NodeInputError, match="turn on 'download'"):
+    with pytest.raises(pdfnet_core.InputError, match="turn on 'download'"):
         mf.model_path("depth_anything", "depth_anything_v2_vits.pth", download=False)
-    with pytest.raises(ad.NodeInputError, match="absolute path"):
+    with pytest.raises(pdfnet_core.InputError, match="absolute path"):
         mf.model_path("depth_anything", "/tmp/x.pth", download=True)
 
 
@@ -460,7 +464,7 @@ def test_auto_dtype_follows_comfy_on_a_gpu_and_pdfnet_core_on_a_cpu(comfy):
     assert cm.resolve_dtype("auto", bf16_first, cpu) == cm.resolve_dtype("auto", bf16_first, gpu) == torch.float32
     mm.FORCE_FP32 = False
     assert cm.resolve_dtype("fp16", bf16_first, cpu) == torch.float16
-    with pytest.raises(ad.NodeInputError, match="dtype"):
+    with pytest.raises(pdfnet_core.InputError, match="dtype"):
         cm.resolve_dtype("int8", bf16_first, cpu)
 
 
@@ -473,8 +477,8 @@ def test_loaders_share_one_model_and_log_its_device_once(comfy, monkeypatch, tmp
     (folder / "net.pth").write_bytes(b"weights")
     built = []
 
-    def fake_load(path, device, dtype):
-        built.append((path, device, dtype))
+    def fake_load(path, device, dtype, revision):
+        built.append((path, device, dtype, revision))
         return FakePDFNet().to(dtype)
     spec = dataclasses.replace(PDFNET_SPEC, load=fake_load)
     monkeypatch.setattr(mf, "family", lambda name: spec)
@@ -482,10 +486,9 @@ def test_loaders_share_one_model_and_log_its_device_once(comfy, monkeypatch, tmp
     with caplog.at_level(logging.INFO, logger="pdfnet_core"):
         a = mf.load_model("pdfnet", "net.pth", "auto")
         b = mf.load_model("pdfnet", "net.pth", {v: k for k, v in pdfnet_core.DTYPES.items()}[auto])   # the same model
-    assert a.module is b.module and a.spec is spec and len(built) == 1
+    assert a.module is b.module and a.spec is spec and len(built) == 1 and built[0][-1] == "auto"
     assert [r.getMessage() for r in caplog.records if "runs on" in r.getMessage()] == [
-        f"PDFNet pack: PDFNet from net.pth runs on cpu in {str(auto).split('.')[-1]} "
-        "(parked on cpu when ComfyUI offloads it)"]
+        f"PDFNet from net.pth runs on cpu in {str(auto).split('.')[-1]}"]
     assert comfy.cache.stats().loads == 1 and comfy.cache.stats().hits == 1
 
 
@@ -496,7 +499,7 @@ def test_a_file_of_another_model_is_named_in_the_error(comfy, tmp_path):
     folder = Path(comfy.folder_paths.get_folder_paths("pdfnet")[0])
     folder.mkdir(parents=True)
     torch.save({"some.layer.weight": torch.zeros(2, 2)}, folder / "other.pth")
-    with pytest.raises(ad.NodeInputError, match=r"model_name 'other.pth' cannot be used as a PDFNet model: \S+other.pth: "
+    with pytest.raises(pdfnet_core.InputError, match=r"model_name 'other.pth' cannot be used as a PDFNet model: \S+other.pth: "
                                                 r"this is not a PDFNet checkpoint"):
         mf.load_model("pdfnet", "other.pth", "fp32")
 
@@ -520,12 +523,12 @@ def test_progress_bar_and_interruption(comfy):
     from nodes import host as cm
 
     bar = cm.ComfyRuntime().progress(4)
-    bar.step()
-    bar.step(2)
+    bar(1, 4)
+    bar(3, 4)
     assert comfy.calls["bars"][0].total == 4 and comfy.calls["bars"][0].values == [1, 3]
     comfy.interrupted = True
     with pytest.raises(Interrupted):
-        bar.step()
+        bar(4, 4)
     with pytest.raises(Interrupted):
         cm.ComfyRuntime().resident(FakePDFNet(), 0)
 

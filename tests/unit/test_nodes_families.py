@@ -9,7 +9,8 @@ from torch import nn
 
 import dataclasses
 
-from nodes import batches as ad
+import pdfnet_core
+from nodes import adapters as ad
 from nodes import model_files as mf
 from pdfnet_core import LoadedModel, SegmentOptions, family, segment
 from test_nodes import FakeRuntime, comfy, fake_depth, images  # noqa: F401  (comfy is a fixture)
@@ -65,17 +66,11 @@ class StopAt:
         pass
 
     def progress(self, total):
-        outer = self
-
-        class P:
-            def step(self, count=1):
-                outer.done += count
-                if outer.done >= outer.n:
-                    raise KeyboardInterrupt("cancelled")
-
-            def resize(self, total):
-                pass
-        return P()
+        def report(done, total):
+            self.done = done
+            if done >= self.n:
+                raise KeyboardInterrupt("cancelled")
+        return report
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,7 +119,7 @@ def test_new_folders_are_registered_and_manual_files_never_downloaded(comfy, mon
     for key in ("birefnet", "segrefiner"):
         assert fp.get_folder_paths(key) == [str(Path(fp.models_dir) / key)]
     monkeypatch.setattr(mf, "ensure_model_file", lambda *a, **k: pytest.fail("must not download"))
-    with pytest.raises(ad.NodeInputError, match="download it by hand from https://drive.google.com"):
+    with pytest.raises(pdfnet_core.InputError, match="download it by hand from https://drive.google.com"):
         mf.model_path("segrefiner", "segrefiner_lr_latest.pth", download=True)
     message = mf.check_model_choice("segrefiner", "segrefiner_hr_latest.pth")
     assert "drive.google.com" in message and str(Path(fp.models_dir) / "segrefiner") in message
@@ -150,7 +145,7 @@ def test_birefnet_loads_are_cached_per_patch_order(comfy, monkeypatch):
     b = mf.load_model("birefnet", "BiRefNet.safetensors", "fp32", patch_order="legacy")
     c = mf.load_model("birefnet", "BiRefNet.safetensors", "fp32", patch_order="current")
     assert a.module is b.module and c.module is not a.module and built == ["legacy", "current"]
-    with pytest.raises(ad.NodeInputError, match="patch_order must be one of auto, legacy, current"):
+    with pytest.raises(pdfnet_core.InputError, match="patch_order must be one of auto, legacy, current"):
         mf.load_model("birefnet", "BiRefNet.safetensors", "fp32", patch_order="newest")
 
 
@@ -172,7 +167,7 @@ def test_birefnet_segments_without_touching_depth():
     model, runtime, batch = fake_birefnet(), FakeRuntime(), images(5)
     opts = SegmentOptions(size=64)
     masks = ad.segment_images(batch, model, opts, runtime, depth_model=fake_depth(fail=True),
-                              depth=torch.zeros(2, 3, 3), chunk=2)   # both ignored, even a wrong depth
+                              depth=torch.zeros(2, 3, 3))   # both ignored, even a wrong depth
     want = torch.stack(segment(batch, None, model, options=opts))
     assert masks.shape == (5, 40, 56) and torch.equal(masks, want)
     assert runtime.bars[0].total == runtime.bars[0].done == 5
@@ -181,9 +176,9 @@ def test_birefnet_segments_without_touching_depth():
 
 
 def test_an_unknown_model_is_a_clear_error():
-    with pytest.raises(ad.NodeInputError, match="pdfnet_model: model is a Linear, not a model of this pack"):
+    with pytest.raises(pdfnet_core.InputError, match="pdfnet_model: model is a Linear, not a model of this pack"):
         ad.segment_images(images(1), nn.Linear(2, 2), SegmentOptions(size=64), FakeRuntime())
-    with pytest.raises(ad.NodeInputError, match="pdfnet_model: segment.. does not run a SegRefiner model"):
+    with pytest.raises(pdfnet_core.InputError, match="pdfnet_model: segment.. does not run a SegRefiner model"):
         ad.segment_images(images(1), fake_segrefiner(), SegmentOptions(size=64), FakeRuntime())
 
 
@@ -209,11 +204,11 @@ def test_segrefine_pairs_images_and_masks():
 
 def test_segrefine_rejects_mismatched_batches_sizes_and_modes():
     model = fake_segrefiner()
-    with pytest.raises(ad.NodeInputError, match="image has 3 items and mask has 2: pass one mask per item"):
+    with pytest.raises(pdfnet_core.InputError, match="image has 3 items and mask has 2: pass one mask per item"):
         ad.segrefiner_images(images(3, 20, 24), torch.zeros(2, 20, 24), model, "hr", 0, FakeRuntime())
-    with pytest.raises(ad.NodeInputError, match=r"image is 24x20 \(WxH\) but mask is 12x10"):
+    with pytest.raises(pdfnet_core.InputError, match=r"image is 24x20 \(WxH\) but mask is 12x10"):
         ad.segrefiner_images(images(1, 20, 24), torch.zeros(1, 10, 12), model, "hr", 0, FakeRuntime())
-    with pytest.raises(ad.NodeInputError, match="mode must be one of"):
+    with pytest.raises(pdfnet_core.InputError, match="mode must be one of"):
         ad.segrefiner_images(images(1, 20, 24), torch.zeros(1, 20, 24), model, "xl", 0, FakeRuntime())
 
 

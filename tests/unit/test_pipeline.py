@@ -118,7 +118,7 @@ def test_tta_averages_flip_passes(model):
     x, d = torch.randn(1, 3, 64, 64), torch.rand(1, 1, 64, 64)
     with torch.no_grad():
         expected = (model(x, d) + model(x.flip(-1), d.flip(-1)).flip(-1)) / 2
-        assert torch.allclose(tta_logits(model, x, d, (1.0,)), expected, atol=1e-6)
+        assert torch.allclose(tta_logits(pdfnet_core.segmenter(model), x, d, (1.0,)), expected, atol=1e-6)
     out = pdfnet_core.segment(_scene(64, 80), np.ones((64, 80)), model, size=64, tta=True)[0]
     plain = pdfnet_core.segment(_scene(64, 80), np.ones((64, 80)), model, size=64)[0]
     assert out.shape == (64, 80) and not torch.equal(out, plain)

@@ -1,7 +1,6 @@
 """Mask refinement on synthetic shapes with exact expectations."""
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest

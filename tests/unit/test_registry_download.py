@@ -10,8 +10,9 @@ import pytest
 
 from pdfnet_core.download import (ModelDownloadError, ModelFileMissingError, UnsafeModelNameError,
                                   ensure_model_file, sha256_file, validate_model_name)
-from pdfnet_core import registry
-from pdfnet_core.registry import REGISTRY, ModelEntry, hf_url, known_files, lookup
+from pdfnet_core import families as registry
+from pdfnet_core.families import REGISTRY, known_files, lookup
+from pdfnet_core.specs import ModelEntry, hf_url
 
 PAYLOAD = b"not really weights, but bytes all the same\n" * 50
 
@@ -104,7 +105,7 @@ def test_entries_are_frozen_and_validated():
     spec = registry.family("pdfnet")
     for bad in (dict(arch="unet"), dict(folder_key="checkpoints")):
         with pytest.raises(ValueError, match="is listed by pdfnet"):
-            registry.check_files(dataclasses.replace(spec, files=(_entry(**bad),)))
+            registry.register_family(dataclasses.replace(spec, name="pdfnet_copy", files=(_entry(**bad),)))
     with pytest.raises(ValueError, match="unknown model folder key"):
         known_files("checkpoints")
 

@@ -130,7 +130,7 @@ def test_hr_bf16_patches_keep_the_global_pass_and_agree(fp32):
 
 
 def test_the_loader_option_sets_the_patch_precision_and_refuses_unknown_ones(state):
-    from pdfnet_core.registry import family
+    from pdfnet_core.families import family
 
     model = load_segrefiner(state, hr_patches="bf16")
     assert model.hr_config.patch_dtype == torch.bfloat16 and model.placement()[1] == torch.float32

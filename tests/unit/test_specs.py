@@ -8,15 +8,17 @@ import torch
 from torch import nn
 
 import pdfnet_core
-from pdfnet_core import registry
+from pdfnet_core import families as registry
+from pdfnet_core.fingerprints import identify
 from pdfnet_core.specs import FamilySpec, LoadedModel, MeasuredActivation
 
 GiB = 1 << 30
 
 
 def test_every_family_is_registered_once_with_its_files_and_folder():
-    assert list(registry.FAMILIES) == ["pdfnet", "depth_anything", "birefnet", "segrefiner"]
-    assert registry.FOLDER_KEYS == ("pdfnet", "depthanything", "birefnet", "segrefiner")
+    # registered when first imported, so in whatever order the process imported them
+    assert sorted(registry.FAMILIES) == ["birefnet", "depth_anything", "pdfnet", "segrefiner"]
+    assert sorted(registry.folder_keys()) == ["birefnet", "depthanything", "pdfnet", "segrefiner"]
     for spec in registry.FAMILIES.values():
         assert isinstance(spec, FamilySpec) and spec.fingerprints
         for entry in spec.files:
@@ -26,13 +28,20 @@ def test_every_family_is_registered_once_with_its_files_and_folder():
             assert registry.lookup(spec.default_file).arch == spec.name
     with pytest.raises(dataclasses.FrozenInstanceError):
         registry.family("pdfnet").folder_key = "elsewhere"   # type: ignore[misc]
+    with pytest.raises(ValueError, match="registered already"):
+        registry.register_family(dataclasses.replace(registry.family("pdfnet"), files=()))
+    pdfnet = registry.family("pdfnet")
+    with pytest.raises(ValueError, match="duplicate registry entry 'PDFNet_Best.pth'"):
+        registry.register_family(dataclasses.replace(
+            pdfnet, name="pdfnet_again", files=(dataclasses.replace(pdfnet.files[0], arch="pdfnet_again"),)))
+    assert "pdfnet_again" not in registry.FAMILIES
 
 
 def test_checkpoints_are_told_apart_by_their_keys():
-    assert registry.identify(["encoder.absolute_pos_embed", "decoder.FSE_mix.0.x"]).name == "pdfnet"
-    assert registry.identify(["backbone.embeddings.x", "neck.y", "head.z"]).name == "depth_anything_hf"
-    assert registry.identify(["model.diffusion_model.input_blocks.0"]).name == "stable_diffusion"
-    assert registry.identify(["foo.bar"]) is None
+    assert identify(["encoder.absolute_pos_embed", "decoder.FSE_mix.0.x"]).name == "pdfnet"
+    assert identify(["backbone.embeddings.x", "neck.y", "head.z"]).name == "depth_anything_hf"
+    assert identify(["model.diffusion_model.input_blocks.0"]).name == "stable_diffusion"
+    assert identify(["foo.bar"]) is None
 
 
 def test_a_module_finds_its_family_and_anything_else_is_refused():
@@ -105,7 +114,7 @@ def test_the_inference_path_never_imports_training_code():
     import subprocess
     import sys
 
-    code = ("import sys, pdfnet_core, nodes.batches, nodes.model_files\n"
+    code = ("import sys, pdfnet_core, nodes.adapters, nodes.model_files\n"
             "for name in pdfnet_core.__all__: getattr(pdfnet_core, name)\n"
             "import pdfnet_core.defaults, pdfnet_core.download\n"
             "bad = sorted(m for m in sys.modules if m.startswith(('pdfnet_core.train', 'pdfnet_core.metrics', 'timm')))\n"

@@ -70,6 +70,7 @@ _TORCHVISION_DTYPES = (torch.float16, torch.float32, torch.float64)
 
 def _torchvision_op() -> DeformFn | None:
     try:
+        # deferred and optional: torchvision is not a dependency, and its import is heavy
         from torchvision.ops import deform_conv2d as op
     except Exception:  # missing, or compiled against another torch (the op fails to register)
         return None

@@ -13,11 +13,16 @@ from pathlib import Path
 
 import torch
 
-from .net import VARIANTS, BiRefNet, BiRefNetConfig, EvalBatchNorm2d, check_patch_order
-from ..common.swin import relative_position_index
+from ...fingerprints import BIREFNET
+from ...registry import lookup
 from ...weights import CheckpointError, IgnoreRule, check_constant, load_family
+from ..common.swin import relative_position_index
+from .net import VARIANTS, BiRefNet, BiRefNetConfig, EvalBatchNorm2d, check_patch_order
 
 log = logging.getLogger("pdfnet_core")
+
+# The checkpoint layouts this loader reads.
+LAYOUTS = (BIREFNET,)
 
 DEFAULT_PATCH_ORDER = "current"   # for files the registry does not know: the current official code's order
 DEFAULT_TRAIN_HW = (1024, 1024)   # unknown files, and the dynamic variants (trained at 256-2304)
@@ -32,8 +37,6 @@ TRAINING_HEADS = IgnoreRule(
 
 
 def _known_entry(filename: str | None):
-    from ...registry import lookup
-
     entry = lookup(filename) if filename else None
     return entry if entry is not None and entry.arch == "birefnet" else None
 
@@ -57,16 +60,12 @@ def load_birefnet(source, patch_order: str | None = None, device="cpu", dtype: t
     ``relative_position_index`` is checked against the formula and recomputed when absent; anything
     else missing, unexpected or mis-shaped raises CheckpointError naming the keys.
     """
-    from .spec import SPEC
-
     filename = None if isinstance(source, Mapping) else Path(os.fspath(source)).name
     entry = _known_entry(filename)
     if filename is not None and entry is None:
-        from ...registry import lookup
-
         other = lookup(filename)
         if other is not None:
-            raise CheckpointError(f"{other.filename} is a {other.arch} file, not {SPEC.wanted}; "
+            raise CheckpointError(f"{other.filename} is a {other.arch} file, not {BIREFNET.wanted}; "
                                   f"use the {other.arch} loader")
     patch_order = resolve_patch_order(patch_order, filename)
     configs: list[BiRefNetConfig] = []
@@ -79,7 +78,7 @@ def load_birefnet(source, patch_order: str | None = None, device="cpu", dtype: t
         configs.append(config)
         return state
 
-    model = load_family(source, SPEC, lambda state: BiRefNet(configs[0], patch_order=patch_order),
+    model = load_family(source, LAYOUTS, lambda state: BiRefNet(configs[0], patch_order=patch_order),
                         device=device, dtype=dtype, prepare=prepare,
                         ignore=lambda built: (TRAINING_HEADS, _batchnorm_counters(built)),
                         optional_suffixes=("relative_position_index",))

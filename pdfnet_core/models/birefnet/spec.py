@@ -1,8 +1,9 @@
 """The BiRefNet family as the other layers see it."""
 from __future__ import annotations
 
-from ...specs import HOW_MEASURED, FamilySpec, Fingerprint, InputContract, LoaderOption, MeasuredActivation, ModelEntry
-from .loader import load_birefnet, resolve_patch_order
+from ...registry import register_family
+from ...specs import HOW_MEASURED, FamilySpec, InputContract, LoaderOption, MeasuredActivation, ModelEntry
+from .loader import LAYOUTS, load_birefnet, resolve_patch_order
 from .net import PATCH_ORDERS, SIZE_MULTIPLE, VARIANTS, BiRefNet
 
 _LICENCE = "MIT (ZhengPeng7/BiRefNet code and model cards)"
@@ -54,14 +55,12 @@ def _describe(model: BiRefNet) -> str:
     return f"BiRefNet {model.config.name} ({model.patch_order} patch order)"
 
 
-SPEC = FamilySpec(
+SPEC = register_family(FamilySpec(
     name="birefnet",
-    label="BiRefNet",
     folder_key="birefnet",
     module_type=BiRefNet,
     load=load_birefnet,
-    fingerprints=(Fingerprint("birefnet", "a BiRefNet checkpoint (Swin backbone 'bb.' + decoder)",
-                              ("bb.patch_embed.", "decoder.")),),
+    fingerprints=LAYOUTS,
     # measured for Swin-T and Swin-L; the other backbones take the larger of the two
     activation=MeasuredActivation({"swin_v1_t": {512: 260, 1024: 718}, "swin_v1_l": {512: 324, 1024: 915}},
                                   HOW_MEASURED),
@@ -73,4 +72,4 @@ SPEC = FamilySpec(
     # the widget lists the older order first, as the loader node always has
     options=(LoaderOption("patch_order", ("auto", "legacy", "current"), "auto", resolve_patch_order),),
     segment=lambda model, image, depth: model(image),
-)
+))

@@ -15,8 +15,12 @@ from typing import Callable, Mapping
 
 import torch
 
-from pdfnet_core.models.depth_anything.net import CONFIGS, DepthAnythingV2, get_config
-from pdfnet_core.weights import CheckpointError, IgnoreRule, StateDict, load_family
+from ...fingerprints import DEPTH_ANYTHING, DEPTH_ANYTHING_HF
+from ...weights import CheckpointError, IgnoreRule, StateDict, load_family
+from .net import CONFIGS, DepthAnythingV2, get_config
+
+# The checkpoint layouts this loader reads: the official one and the transformers (-hf) one.
+LAYOUTS = (DEPTH_ANYTHING, DEPTH_ANYTHING_HF)
 
 log = logging.getLogger("pdfnet_core")
 
@@ -204,14 +208,12 @@ def load_depth_anything(source, variant: str | None = None, device: torch.device
     ``variant`` ("vits", "vitb", "vitl") is detected from the tensor shapes when None; if given,
     it must agree with the file.  Weights are cast to ``dtype`` and placed on ``device``.
     """
-    from .spec import SPEC
-
     if variant is not None:
         get_config(variant)   # a bad name is the caller's error, before any file is read
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
     def prepare(state: StateDict, layout: str) -> StateDict:
-        return hf_to_official(state) if layout == "depth_anything_hf" else state
+        return hf_to_official(state) if layout == DEPTH_ANYTHING_HF.name else state
 
     def build(state: StateDict) -> DepthAnythingV2:
         config = get_config(_check_variant(state, variant))
@@ -223,7 +225,7 @@ def load_depth_anything(source, variant: str | None = None, device: torch.device
 
     # channels-last convolutions: the DPT head's results then do not depend on the batch size
     # (see DPTHead.forward), and it runs 1.2x faster in bf16 on a CPU
-    return load_family(source, SPEC, build, device=device, dtype=dtype, prepare=prepare, ignore=IGNORED,
+    return load_family(source, LAYOUTS, build, device=device, dtype=dtype, prepare=prepare, ignore=IGNORED,
                        wanted=lambda built: f"Depth-Anything-V2 {built.config.variant}",
                        memory_format=torch.channels_last)
 

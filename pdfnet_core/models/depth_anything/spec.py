@@ -1,8 +1,9 @@
 """The Depth-Anything-V2 family as the other layers see it."""
 from __future__ import annotations
 
-from ...specs import HOW_MEASURED, FamilySpec, Fingerprint, InputContract, MeasuredActivation, ModelEntry
-from .loader import load_depth_anything
+from ...registry import register_family
+from ...specs import HOW_MEASURED, FamilySpec, InputContract, MeasuredActivation, ModelEntry
+from .loader import LAYOUTS, load_depth_anything
 from .net import CONFIGS, PATCH_SIZE, DepthAnythingV2
 
 _SIZE_NAMES = {"vits": "Small", "vitb": "Base", "vitl": "Large"}
@@ -25,19 +26,13 @@ def _files() -> tuple[ModelEntry, ...]:
     return tuple(entries)
 
 
-SPEC = FamilySpec(
+SPEC = register_family(FamilySpec(
     name="depth_anything",
-    label="Depth-Anything-V2",
     # the folder name other depth packs already use, so users keep one copy of these weights
     folder_key="depthanything",
     module_type=DepthAnythingV2,
     load=load_depth_anything,
-    fingerprints=(
-        Fingerprint("depth_anything", "a Depth-Anything-V2 checkpoint (official layout)",
-                    ("pretrained.patch_embed.", "depth_head.")),
-        Fingerprint("depth_anything_hf", "a Depth-Anything-V2 checkpoint (transformers layout)",
-                    ("backbone.embeddings.", "neck.", "head.")),
-    ),
+    fingerprints=LAYOUTS,
     activation=MeasuredActivation({"vits": {518: 189, 1036: 690}, "vitb": {518: 251, 1036: 1040},
                                    "vitl": {518: 407, 1036: 1740}}, HOW_MEASURED),
     inputs=InputContract(size_multiple=PATCH_SIZE),
@@ -47,4 +42,4 @@ SPEC = FamilySpec(
     variants=tuple(CONFIGS),
     variant_of=lambda model: model.config.variant,
     describe=lambda model: f"Depth-Anything-V2 {model.config.variant}",
-)
+))

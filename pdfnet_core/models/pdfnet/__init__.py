@@ -5,5 +5,6 @@ loader.py the released checkpoints as they are, spec.py what the other layers ne
 """
 from .loader import load_pdfnet
 from .net import PDFNet, PDFNetConfig, PDFNetOutput
+from .spec import SPEC  # registers the family
 
-__all__ = ["load_pdfnet", "PDFNet", "PDFNetConfig", "PDFNetOutput"]
+__all__ = ["load_pdfnet", "PDFNet", "PDFNetConfig", "PDFNetOutput", "SPEC"]

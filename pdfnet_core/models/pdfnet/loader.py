@@ -8,12 +8,16 @@ from importlib import resources
 
 import torch
 
+from ...fingerprints import PDFNET
+from ...weights import IgnoreRule, check_constant, load_family
+from ..common.swin import relative_position_index
 from .net import PDFNet, PDFNetConfig
 from .revision import check_request, resolve_revision, source_facts
-from ..common.swin import relative_position_index
-from ...weights import IgnoreRule, check_constant, load_family
 
 log = logging.getLogger("pdfnet_core")
+
+# The checkpoint layouts this loader reads.
+LAYOUTS = (PDFNET,)
 
 
 def _stale_depth_decoder_keys() -> frozenset[str]:
@@ -46,8 +50,6 @@ def load_pdfnet(source, device="cpu", dtype: torch.dtype = torch.float32,
     evidence and logs why (revision.py), falling back to ``config.revision`` (default v2) with a
     warning when the checkpoint shows nothing.  The chosen revision replaces ``config.revision``.
     """
-    from .spec import SPEC
-
     check_request(revision)
     filename, metadata = source_facts(source)
     cfg = config or PDFNetConfig()
@@ -68,5 +70,5 @@ def load_pdfnet(source, device="cpu", dtype: torch.dtype = torch.float32,
 
     # Channels-last convolution weights: 1.5x faster 3x3 convolutions on this CPU (and the layout
     # tensor cores want); only the memory order changes, not the numbers.
-    return load_family(source, SPEC, build, device=device, dtype=dtype, prepare=prepare, ignore=IGNORED,
+    return load_family(source, LAYOUTS, build, device=device, dtype=dtype, prepare=prepare, ignore=IGNORED,
                        optional_suffixes=_CONSTANT_SUFFIXES, memory_format=torch.channels_last)

@@ -19,6 +19,7 @@ from typing import Mapping
 
 import torch
 
+from ...registry import lookup
 from ...weights import read_safetensors_metadata
 from .net import REVISIONS
 
@@ -71,9 +72,6 @@ def _from_layout(state: Mapping[str, torch.Tensor]) -> tuple[str | None, str]:
 
 
 def _registry_revision(filename: str | None) -> str | None:
-    # imported here: the registry imports every family's spec, and so this module
-    from ...registry import lookup
-
     entry = lookup(filename) if filename else None
     if entry is None or entry.arch != "pdfnet":
         return None

@@ -1,8 +1,9 @@
 """The PDFNet family as the other layers see it."""
 from __future__ import annotations
 
-from ...specs import HOW_MEASURED, FamilySpec, Fingerprint, InputContract, LoaderOption, MeasuredActivation, ModelEntry
-from .loader import load_pdfnet
+from ...registry import register_family
+from ...specs import HOW_MEASURED, FamilySpec, InputContract, LoaderOption, MeasuredActivation, ModelEntry
+from .loader import LAYOUTS, load_pdfnet
 from .net import REVISIONS, SIZE_MULTIPLE, PDFNet
 
 # Code repository Tennine2077/PDFNet is MIT; the weights have no separate licence we have verified.
@@ -28,14 +29,12 @@ for _entry in FILES:
         raise ValueError(f"registry entry {_entry.filename!r}: unknown PDFNet revision {_entry.pdfnet_revision!r}")
 
 
-SPEC = FamilySpec(
+SPEC = register_family(FamilySpec(
     name="pdfnet",
-    label="PDFNet",
     folder_key="pdfnet",
     module_type=PDFNet,
     load=load_pdfnet,
-    fingerprints=(Fingerprint("pdfnet", "a PDFNet checkpoint (Swin-B encoder + FSE decoder)",
-                              ("encoder.absolute_pos_embed", "decoder.FSE_mix.")),),
+    fingerprints=LAYOUTS,
     activation=MeasuredActivation({None: {512: 56, 1024: 247}}, HOW_MEASURED),
     inputs=InputContract(size_multiple=SIZE_MULTIPLE, needs_depth=True),
     files=FILES,
@@ -44,4 +43,4 @@ SPEC = FamilySpec(
     # identity in the cache key, so the choice is passed through as it is.
     options=(LoaderOption("revision", ("auto", *REVISIONS), "auto", lambda choice, filename: choice),),
     segment=lambda model, image, depth: model(image, depth),
-)
+))

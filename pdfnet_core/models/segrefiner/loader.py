@@ -7,11 +7,15 @@ import logging
 
 import torch
 
-from .unet import SegRefinerUNetConfig
-from .refiner import SegRefiner
+from ...fingerprints import SEGREFINER
 from ...weights import CheckpointError, IgnoreRule, load_family
+from .refiner import SegRefiner
+from .unet import SegRefinerUNetConfig
 
 log = logging.getLogger("pdfnet_core")
+
+# The checkpoint layouts this loader reads.
+LAYOUTS = (SEGREFINER,)
 
 _WIDTH_KEY = "denoise_model.input_blocks.0.0.weight"
 
@@ -50,11 +54,9 @@ def load_segrefiner(source, device="cpu", dtype: torch.dtype = torch.float32, hr
     dropped (``read_state_dict``); the two training-loss Sobel kernels are ignored (logged);
     anything else missing, unexpected or mis-shaped raises CheckpointError naming the keys.
     """
-    from .spec import SPEC
-
     if hr_patches not in HR_PATCH_DTYPES:
         raise ValueError(f"hr_patches must be one of {', '.join(HR_PATCH_DTYPES)}; got {hr_patches!r}")
-    model = load_family(source, SPEC, lambda state: SegRefiner(config_from_state(state)), device=device, dtype=dtype,
+    model = load_family(source, LAYOUTS, lambda state: SegRefiner(config_from_state(state)), device=device, dtype=dtype,
                         ignore=IGNORED)
     model.hr_config = dataclasses.replace(model.hr_config, patch_dtype=HR_PATCH_DTYPES[hr_patches])
     return model

@@ -1,9 +1,10 @@
 """The SegRefiner family as the other layers see it."""
 from __future__ import annotations
 
-from ...specs import HOW_MEASURED, FamilySpec, Fingerprint, InputContract, LoaderOption, MeasuredActivation, ModelEntry
-from .loader import HR_PATCH_DTYPES, load_segrefiner
-from .refiner import MEAN, STD, SegRefiner
+from ...registry import register_family
+from ...specs import HOW_MEASURED, FamilySpec, LoaderOption, MeasuredActivation, ModelEntry
+from .loader import HR_PATCH_DTYPES, LAYOUTS, load_segrefiner
+from .refiner import SegRefiner
 
 # MengyuWang826/SegRefiner (NeurIPS 2023) publishes its two checkpoints only as Google Drive links
 # (no hub mirror), so these entries are manual-download only.  Sizes and hashes are not published.
@@ -19,17 +20,14 @@ FILES = (
 )
 
 
-SPEC = FamilySpec(
+SPEC = register_family(FamilySpec(
     name="segrefiner",
-    label="SegRefiner",
     folder_key="segrefiner",
     module_type=SegRefiner,
     load=load_segrefiner,
-    fingerprints=(Fingerprint("segrefiner", "a SegRefiner checkpoint (diffusion UNet 'denoise_model.')",
-                              ("denoise_model.",)),),
+    fingerprints=LAYOUTS,
     # per 256² sample, measured in a batch of 8 (HR patches run one per call on a CPU, 32 on a GPU)
     activation=MeasuredActivation({None: {256: 342}}, HOW_MEASURED),
-    inputs=InputContract(mean=MEAN, std=STD),
     files=FILES,
     describe=lambda model: f"SegRefiner (UNet width {model.config.model_channels})",
     # its largest UNet call: a batch of 256² patches
@@ -38,4 +36,4 @@ SPEC = FamilySpec(
     # official run was only checked in fp32; lower precision is the user's explicit choice.
     auto_dtypes=(),
     options=(LoaderOption("hr_patches", tuple(HR_PATCH_DTYPES), "model", lambda choice, filename: choice),),
-)
+))

@@ -1,4 +1,4 @@
-"""The per-image work, one set of functions for both engines: decode, infer (depth and
+"""The stages of one input, one set of functions for both engines: decode, infer (depth and
 segmentation of a batch of same-size images), render (foreground and composites) and store
 (encode and atomic write).  ``cut_out`` runs them in a row for one input; the local engine runs
 them on a pipeline of threads, the Ray engine in tasks and actors.  Stage times are reported
@@ -10,15 +10,25 @@ import contextlib
 import gc
 import glob
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from .config import OUTPUT_FORMATS, CutoutConfig
+from PIL import Image
+
+from .. import pipeline
+from ..defaults import model_file
+from ..families import family
+from ..loading import load_cached
+from ..ops.composite import composite_over_color, composite_over_image, to_rgba
+from ..ops.foreground import estimate_foreground
 from ..ops.images import to_uint8
+from ..precision import dtype_for, resolve_device
+from ..specs import LoadedModel
+from .config import OUTPUT_FORMATS, CutoutConfig
 from .imageio import read_depth, read_image, write_array
 from .jobs import IMAGE_SUFFIXES, Job, source_stat
 from .manifest import DONE, FAILED, Record, make_record, output_entries
@@ -58,19 +68,17 @@ class StageTimer:
 
 
 @dataclass
-class Models:
+class CutoutModels:
     """What segments the images of a batch job: PDFNet and (unless --depth-dir) its depth model."""
 
-    pdfnet: torch.nn.Module
-    depth: torch.nn.Module | None
+    pdfnet: LoadedModel | None
+    depth: LoadedModel | None
 
     def segment(self, images: list[torch.Tensor], depth: list[torch.Tensor] | None, cfg: CutoutConfig,
                 progress: Callable[[int, int], None] | None = None) -> list[torch.Tensor]:
-        from .. import pipeline
-
-        return pipeline.segment(images, depth, self.pdfnet, depth_model=self.depth, size=cfg.size, resize=cfg.resize,
-                                tta=cfg.tta, quantize_depth=cfg.quantize_depth, batch_size=len(images),
-                                progress=progress)
+        # pipeline.segment looked up at call time: the fault tests put a stand-in there
+        return pipeline.segment(images, depth, self.pdfnet, depth_model=self.depth,
+                                options=replace(cfg.segment, batch_size=len(images)), progress=progress)
 
 
 @dataclass
@@ -84,7 +92,7 @@ class Decoded:
 
     @property
     def size(self) -> tuple[int, int] | None:
-        return None if self.image is None else tuple(self.image.shape[:2])
+        return None if self.image is None else (self.image.shape[0], self.image.shape[1])
 
 
 # --------------------------------------------------------------------------------------------
@@ -106,8 +114,6 @@ def file_failure(exc: BaseException) -> str | None:
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or \
             (isinstance(exc, RuntimeError) and any(t in str(exc).lower() for t in _OOM_TEXT)):
         return f"out of memory ({type(exc).__name__}: {text}); try a smaller --size or --max-pixels, or --device cpu"
-    from PIL import Image
-
     if isinstance(exc, (ValueError, OSError, Image.DecompressionBombError)):
         return text
     return None
@@ -128,41 +134,20 @@ def release_memory() -> None:
 # models
 
 
-def _resolve_weights(path: Path | None, kind: str, cfg: CutoutConfig) -> Path:
-    from ..defaults import default_model_path
-    from ..registry import family
-
-    if path is not None:
-        if not path.is_file():
-            raise FileNotFoundError(f"weights file not found: {path}")
-        return path
-    folder = None if cfg.models_dir is None else cfg.models_dir / family(kind).folder_key
-    return default_model_path(kind, folder, download=cfg.download or None)
-
-
-def load_models(cfg: CutoutConfig) -> Models:
+def load_models(cfg: CutoutConfig) -> CutoutModels:
     """PDFNet and (unless --depth-dir) Depth-Anything-V2, each loaded once through the model cache."""
-    from ..cache import default_cache
-    from ..models.depth_anything.loader import load_depth_anything
-    from ..models.pdfnet.loader import load_pdfnet
-    from ..precision import dtype_for, resolve_device
-
     device = resolve_device(cfg.device)
-    dtype = dtype_for(cfg.dtype, "pdfnet", device)
-    cache = default_cache()
-    path = _resolve_weights(cfg.weights, "pdfnet", cfg)
-    model = cache.get_or_load(path, dtype, device, lambda: load_pdfnet(path, device=device, dtype=dtype,
-                                                                        revision=cfg.revision),
-                              tag=f"pdfnet:{cfg.revision}")
+    weights = model_file("pdfnet", cfg.weights, cfg.models_dir, cfg.download or None)
+    pdfnet = load_cached("pdfnet", weights, device=device, dtype=dtype_for(cfg.dtype, family("pdfnet").auto_dtypes, device),
+                         revision=cfg.revision)
     depth_model = None
     if cfg.depth_dir is None:
-        depth_path = _resolve_weights(cfg.depth_weights, "depth_anything", cfg)
-        depth_dtype = dtype_for(cfg.dtype, "depth_anything", device)
+        depth_weights = model_file("depth_anything", cfg.depth_weights, cfg.models_dir, cfg.download or None)
+        depth_dtype = dtype_for(cfg.dtype, family("depth_anything").auto_dtypes, device)
+        # fp16 overflows in Depth-Anything-V2's attention
         depth_dtype = torch.float32 if depth_dtype == torch.float16 else depth_dtype
-        depth_model = cache.get_or_load(depth_path, depth_dtype, device,
-                                        lambda: load_depth_anything(depth_path, device=device, dtype=depth_dtype),
-                                        tag="depth_anything")
-    return Models(model, depth_model)
+        depth_model = load_cached("depth_anything", depth_weights, device=device, dtype=depth_dtype)
+    return CutoutModels(pdfnet, depth_model)
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,7 +189,7 @@ def decode(job: Job, cfg: CutoutConfig) -> Decoded:
     return item
 
 
-def infer(items: Sequence[Decoded], models: Models, cfg: CutoutConfig, timer: StageTimer) -> list[torch.Tensor]:
+def infer(items: Sequence[Decoded], models: CutoutModels, cfg: CutoutConfig, timer: StageTimer) -> list[torch.Tensor]:
     """Alpha [H,W] of each of ``items`` (one size), in one ``segment`` call of ``len(items)`` images."""
     n = len(items)
     computes_depth = items[0].depth is None
@@ -224,9 +209,6 @@ def infer(items: Sequence[Decoded], models: Models, cfg: CutoutConfig, timer: St
 def render(item: Decoded, alpha: torch.Tensor, cfg: CutoutConfig, background: torch.Tensor | None,
            timer: StageTimer) -> list[tuple[Path, np.ndarray]]:
     """The 8-bit arrays of every output of one input, with their target paths."""
-    from ..ops.composite import composite_over_color, composite_over_image, to_rgba
-    from ..ops.foreground import estimate_foreground
-
     job, image = item.job, item.image[None]
     fmt = OUTPUT_FORMATS[cfg.fmt]
     with timer("foreground"):
@@ -269,7 +251,7 @@ def failed_record(item: Decoded, cfg: CutoutConfig, reason: str, stages: dict[st
     return make_record(item.job, cfg, item.stat, FAILED, seconds=sum(stages.values()), error=reason, stages=stages)
 
 
-def process_batch(items: Sequence[Decoded], models: Models, cfg: CutoutConfig, background: torch.Tensor | None,
+def process_batch(items: Sequence[Decoded], models: CutoutModels, cfg: CutoutConfig, background: torch.Tensor | None,
                   on_start: Callable[[str], None] | None = None,
                   finish: Callable[[Decoded, list[tuple[Path, np.ndarray]], dict[str, float]], object] | None = None,
                   ) -> list:
@@ -316,7 +298,7 @@ def process_batch(items: Sequence[Decoded], models: Models, cfg: CutoutConfig, b
     return [results[id(item)] for item in items]
 
 
-def cut_out(job: Job, models: Models, cfg: CutoutConfig, background: torch.Tensor | None = None,
+def cut_out(job: Job, models: CutoutModels, cfg: CutoutConfig, background: torch.Tensor | None = None,
             on_start: Callable[[str], None] | None = None) -> Record:
     """One input from file to outputs, every stage in a row (the reference the engines are held to)."""
     if on_start is not None:

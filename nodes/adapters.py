@@ -1,10 +1,12 @@
-"""The node layer's loops and widget mappings, without importing ComfyUI.
+"""Adapters from ComfyUI's batches and widgets to pdfnet_core's calls, without importing ComfyUI.
 
-The nodes hand ComfyUI batches to pdfnet_core in chunks (so memory stays that of a few frames and
-a cancel is honoured between chunks), report progress, and turn widget values into pdfnet_core
-configs.  pdfnet_core does the work, and makes each model resident through the ``before_run`` hook
-(``Runtime.resident``).  What a loop needs from ComfyUI comes in as a ``Runtime``
-(``nodes.host.ComfyRuntime`` inside ComfyUI; a fake in the tests).
+A node hands its whole batch to one pdfnet_core call (``segment``, ``estimate_depth``), which
+converts each image when it reaches it and reports ``progress(done, total)`` straight to the
+node's bar; the per-image operations (refinement, foreground) run here in chunks, so memory stays
+that of a few frames and a cancel is honoured between chunks.  Widget values become pdfnet_core
+configs.  What a node needs from ComfyUI comes in as a ``Runtime`` (``nodes.host.ComfyRuntime``
+inside ComfyUI; a fake in the tests): ``resident`` makes a model ready before each batch, and
+``progress`` is the node's bar.
 """
 from __future__ import annotations
 
@@ -13,16 +15,11 @@ from typing import Callable, Mapping, Protocol, Sequence
 
 import torch
 
-from pdfnet_core import (InputError, LoadedModel, RefineConfig, as_loaded, batch_pair, check_image, check_mask,
-                         check_same_size, estimate_depth, estimate_foreground, normalize_depth,
-                         refine_mask, refine_with_segrefiner, segment, segmenter, temporal_smooth)
-from pdfnet_core import SEGREFINER_MODES, Progress
+from pdfnet_core import (SEGREFINER_MODES, InputError, LoadedModel, Progress, RefineConfig, SegmentOptions, as_loaded,
+                         batch_pair, check_image, check_mask, check_same_size, estimate_depth, estimate_foreground,
+                         normalize_depth, refine_mask, refine_with_segrefiner, segment, segmenter, temporal_smooth)
 
-NodeInputError = InputError
-
-# Images per outer chunk.  pdfnet_core converts its input to float CHW copies (and the depth
-# prior to full-size maps), so a 1000-frame video handed over at once would double its memory;
-# in chunks the extra memory stays that of a few frames whatever the batch size.
+# Images per chunk of the per-image operations (refinement, foreground colours).
 IMAGE_CHUNK = 8
 
 
@@ -38,7 +35,7 @@ def node_image(image, name: str = "image") -> torch.Tensor:
 def check_depth_for(image: torch.Tensor, depth, image_name: str = "image", depth_name: str = "depth") -> torch.Tensor:
     """``depth`` as [B,H,W] matching ``image`` [B,H,W,C]; otherwise an error saying which node to connect."""
     if isinstance(depth, torch.Tensor) and depth.ndim not in (2, 3):
-        raise NodeInputError(f"{depth_name} has shape {list(depth.shape)}, not a MASK [batch, height, width]: "
+        raise InputError(f"{depth_name} has shape {list(depth.shape)}, not a MASK [batch, height, width]: "
                              "connect a single-channel depth map (e.g. the depth output of PDFNet Depth Estimate, "
                              "or ImageToMask of a depth image)")
     depth = check_mask(depth, depth_name, single=True)
@@ -54,40 +51,19 @@ def segmenter_of(model) -> LoadedModel:
     try:
         return segmenter(model)
     except TypeError as exc:
-        raise NodeInputError(f"pdfnet_model: {exc}") from exc
+        raise InputError(f"pdfnet_model: {exc}") from exc
 
 
 # --------------------------------------------------------------------------------------------
-# runtime: what a loop needs from its host
-
-
-class ProgressBar(Protocol):
-    def step(self, count: int = 1) -> None:
-        """``count`` more units of work are done (and the user may have cancelled: raise then)."""
-
-    def resize(self, total: int) -> None:
-        """The work turned out to be ``total`` units (for loops that learn their size as they go)."""
+# runtime: what a node needs from its host
 
 
 class Runtime(Protocol):
     def resident(self, model: torch.nn.Module, memory_required: int) -> None:
         """Make ``model`` ready to run with ``memory_required`` bytes spare for activations."""
 
-    def progress(self, total: int) -> ProgressBar:
-        """A progress bar for ``total`` units of work."""
-
-
-def pipeline_callback(bar: ProgressBar) -> Progress:
-    """pdfnet_core's ``progress(done, total)`` (cumulative per call) as increments of ``bar``."""
-    last = 0
-
-    def report(done: int, total: int) -> None:
-        nonlocal last
-        if done > last:
-            bar.step(done - last)
-            last = done
-
-    return report
+    def progress(self, total: int) -> Progress:
+        """The node's progress bar, as pdfnet_core's ``progress(done, total)`` (raises when the user cancels)."""
 
 
 def _chunks(n: int, size: int) -> list[slice]:
@@ -95,34 +71,27 @@ def _chunks(n: int, size: int) -> list[slice]:
 
 
 # --------------------------------------------------------------------------------------------
-# the loops the nodes run
+# the model runs
 
 
-def segment_images(image: torch.Tensor, model, options, runtime: Runtime, *, depth_model=None,
-                   depth: torch.Tensor | None = None, chunk: int = IMAGE_CHUNK) -> torch.Tensor:
-    """Masks [B,H,W] (foreground = 1) of a PDFNet or BiRefNet for a ComfyUI IMAGE batch, in chunks.
+def segment_images(image: torch.Tensor, model, options: SegmentOptions, runtime: Runtime, *, depth_model=None,
+                   depth: torch.Tensor | None = None) -> torch.Tensor:
+    """Masks [B,H,W] (foreground = 1) of a PDFNet or BiRefNet for a ComfyUI IMAGE batch.
 
     A model that needs no depth (BiRefNet) ignores ``depth`` and ``depth_model``.  For PDFNet: with
     ``depth`` the depth model is not used; without it ``segment`` computes the prior with
     ``depth_model`` (progress then counts both model runs).
     """
     net = segmenter_of(model)
-    image = node_image(image)
-    options.validate()
     if not net.spec.inputs.needs_depth:
         depth = depth_model = None
     elif depth is not None:
         depth = check_depth_for(image, depth)
     elif depth_model is None:
-        raise NodeInputError("PDFNet needs depth: connect a Depth-Anything-V2 model (Load Depth-Anything-V2) to "
-                             "'depth_model', or a depth map to 'depth'")
-    n = image.shape[0]
-    runs = 2 if net.spec.inputs.needs_depth and depth is None else 1
-    bar = runtime.progress(runs * n)
-    masks: list[torch.Tensor] = []
-    for part in _chunks(n, chunk):
-        masks.extend(segment(image[part], None if depth is None else depth[part], net, options=options,
-                             depth_model=depth_model, progress=pipeline_callback(bar), before_run=runtime.resident))
+        raise InputError("PDFNet needs depth: connect a Depth-Anything-V2 model (Load Depth-Anything-V2) to "
+                         "'depth_model', or a depth map to 'depth'")
+    masks = segment(image, depth, net, options=options, depth_model=depth_model, name="image",
+                    progress=runtime.progress(image.shape[0]), before_run=runtime.resident)
     return torch.stack(masks)
 
 
@@ -142,20 +111,20 @@ DEPTH_NORMALISATIONS: Mapping[str, Callable[[Sequence[torch.Tensor]], torch.Tens
 
 
 def estimate_depth_images(image: torch.Tensor, depth_model, runtime: Runtime, *, normalization: str = "per_image",
-                          input_size: int = 518, chunk: int = IMAGE_CHUNK) -> torch.Tensor:
+                          input_size: int = 518) -> torch.Tensor:
     """Depth [B,H,W] in 0..1, near = 1, normalised per image or over the batch."""
-    image = node_image(image)
     if normalization not in DEPTH_NORMALISATIONS:
-        raise NodeInputError(f"normalization must be one of {sorted(DEPTH_NORMALISATIONS)}, got {normalization!r}")
-    bar = runtime.progress(image.shape[0])
-    raw: list[torch.Tensor] = []
-    for part in _chunks(image.shape[0], chunk):
-        raw.extend(estimate_depth(image[part], depth_model, input_size=input_size, progress=pipeline_callback(bar),
-                                  name="image", before_run=runtime.resident))
+        raise InputError(f"normalization must be one of {sorted(DEPTH_NORMALISATIONS)}, got {normalization!r}")
+    raw = estimate_depth(image, depth_model, input_size=input_size, progress=runtime.progress(image.shape[0]),
+                         name="image", before_run=runtime.resident)
     return DEPTH_NORMALISATIONS[normalization](raw)
 
 
-def map_chunks(fn: Callable[..., torch.Tensor], bar: ProgressBar, *batches: torch.Tensor | None,
+# --------------------------------------------------------------------------------------------
+# per-image operations
+
+
+def map_chunks(fn: Callable[..., torch.Tensor], progress: Progress, *batches: torch.Tensor | None,
                chunk: int = IMAGE_CHUNK) -> torch.Tensor:
     """``fn`` over aligned chunks of the given batches (None passes through), concatenated.
 
@@ -169,7 +138,7 @@ def map_chunks(fn: Callable[..., torch.Tensor], bar: ProgressBar, *batches: torc
         args = [None if b is None else (b.expand(size, *b.shape[1:]) if b.shape[0] == 1 else b[part])
                 for b in batches]
         out.append(fn(*args))
-        bar.step(size)
+        progress(part.stop, n)
     return torch.cat(out)
 
 
@@ -182,26 +151,27 @@ class UNetCallBar:
     within one call).  An image's count is known only once it runs (HR learns its patches from the
     global pass), so the images still to come are estimated at the mean count of those begun."""
 
-    def __init__(self, bar: ProgressBar, images: int) -> None:
-        self.bar, self.images = bar, images
+    def __init__(self, progress: Progress, images: int) -> None:
+        self.progress, self.images = progress, images
         self.index = 0          # the image running now
         self.before = 0         # calls of the finished images
-        self.shown = 0
+        self.done = 0           # calls of the whole batch so far
+        self.total = 1          # the batch's calls, as estimated now
 
     def report(self, done: int, planned: int) -> None:
         """pdfnet_core's ``progress(done, planned)`` for the current image."""
         seen = self.before + planned
-        self.bar.resize(max(1, seen + round((self.images - self.index - 1) * seen / (self.index + 1))))
-        self.bar.step(self.before + done - self.shown)
-        self.shown = self.before + done
+        self.total = max(1, seen + round((self.images - self.index - 1) * seen / (self.index + 1)))
+        self.done = self.before + done
+        self.progress(self.done, self.total)
 
     def finished(self) -> None:
         """The current image is done (also the cancel point of an image that needed no UNet call)."""
-        self.before = self.shown
+        self.before = self.done
         self.index += 1
         if self.index == self.images:
-            self.bar.resize(max(1, self.shown))
-        self.bar.step(0)
+            self.total = max(1, self.done)
+        self.progress(self.done, self.total)
 
 
 def segrefiner_images(image: torch.Tensor, mask: torch.Tensor, model, mode: str, seed: int,
@@ -214,7 +184,7 @@ def segrefiner_images(image: torch.Tensor, mask: torch.Tensor, model, mode: str,
     in the batch.
     """
     if mode not in SEGREFINER_MODES:
-        raise NodeInputError(f"mode must be one of {', '.join(SEGREFINER_MODES)}, got {mode!r}")
+        raise InputError(f"mode must be one of {', '.join(SEGREFINER_MODES)}, got {mode!r}")
     net = as_loaded(model, "segrefiner_model")
     image = node_image(image)
     mask = check_mask(mask, "mask", single=True)
@@ -250,7 +220,7 @@ def refine_config(*, threshold: float = 0.0, threshold_high: float = 0.0, remove
     two.  hole_max_area 0 fills holes of any size.
     """
     if threshold_high and not threshold_high > threshold:
-        raise NodeInputError(f"threshold_high ({threshold_high}) must be above threshold ({threshold}) for a soft "
+        raise InputError(f"threshold_high ({threshold_high}) must be above threshold ({threshold}) for a soft "
                              "ramp, or 0 for a hard threshold")
     return RefineConfig(
         threshold_low=threshold if threshold > 0 else None,
@@ -279,7 +249,7 @@ def refine_masks(mask: torch.Tensor, config: RefineConfig, runtime: Runtime, ima
     mask = check_mask(mask, "mask", single=True)
     if config.guided_radius > 0:
         if image is None:
-            raise NodeInputError("guided_radius > 0 needs the 'image' input connected: the guided filter follows "
+            raise InputError("guided_radius > 0 needs the 'image' input connected: the guided filter follows "
                                  "the edges of that image (or set guided_radius to 0)")
         image = node_image(image)
         check_same_size(mask, image, "mask", "image", "connect the image the mask was made from")
