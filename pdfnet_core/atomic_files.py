@@ -132,7 +132,7 @@ def _writer(name: str) -> tuple[str, int] | None:
     return parts[0], int(parts[1])
 
 
-def _alive(pid: int) -> bool | None:
+def process_alive(pid: int) -> bool | None:
     """Whether process ``pid`` of this host runs; None when that cannot be told."""
     if not _CAN_ASK or pid <= 0:      # pid 0 and -1 would signal groups
         return None
@@ -161,7 +161,7 @@ def _stale(entry: os.DirEntry, max_age: float, now: float) -> bool:
     writer = _writer(entry.name)
     if writer is None or writer[0] != _host():    # another host's processes cannot be asked
         return False
-    return _alive(writer[1]) is False
+    return process_alive(writer[1]) is False
 
 
 def remove_stale_temporaries(folder: Path, *, max_age: float = STALE_AGE, recursive: bool = True) -> list[Path]:

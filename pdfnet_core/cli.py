@@ -31,7 +31,7 @@ from .models.pdfnet.net import REVISIONS
 from .models.pdfnet.revision import METADATA_EVIDENCE_KEY, METADATA_KEY, revision_evidence, source_facts
 from .ops.composite import FIT_MODES
 from .ops.foreground import FOREGROUND_METHODS
-from .precision import DTYPE_CHOICES, DTYPES, resolve_device
+from .precision import DTYPE_CHOICES, DTYPES, allow_tf32, default_dtype_name, resolve_device
 from .segment_options import RESIZE_MODES, SegmentOptions
 from .train.commands import add_parsers
 from .weights import CheckpointError, read_state_dict, save_safetensors
@@ -115,8 +115,9 @@ def _parser() -> argparse.ArgumentParser:
                         "outputs made from the source as it is now, under these settings, and unchanged since)")
     c.add_argument("--retry-failed", action="store_true", help="also redo inputs that failed in an earlier run")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar or per-file lines, only failures")
-    c.add_argument("--batch-size", type=int, default=SegmentOptions.batch_size,
-                   help="images of one size segmented together (on a GPU: 4-8; results may differ in the last bit)")
+    c.add_argument("--batch-size", type=_batch_size, default=SegmentOptions.batch_size,
+                   help="images of one size segmented together, or auto: as many as fit in the free GPU memory "
+                        "(1 on a CPU); results may differ in the last bit")
     c.add_argument("--prefetch", type=int, default=None,
                    help="decoder threads reading ahead (and as many writer threads); 0: one file at a time. "
                         "Default 2 on a GPU, 0 on the CPU, where the model already keeps every core busy "
@@ -135,8 +136,9 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"refuse images above this many pixels, from their header, before decoding them "
                         f"(default ${MAX_PIXELS_ENV} or {DEFAULT_MAX_PIXELS:,})")
     c.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    c.add_argument("--dtype", choices=DTYPE_CHOICES, default=CutoutConfig.dtype,
-                   help="model precision (default fp32, the official numbers); auto: bf16 where the device has "
+    c.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
+                   help="model precision (default: auto on CUDA, fp32, the official numbers, elsewhere; fp32 on "
+                        "CUDA may use TF32 matrix products); auto: bf16 where the device has "
                         "native bf16 kernels (AVX-512 BF16/AMX CPUs, Ampere and later GPUs), about 2x faster on such "
                         "a CPU, with masks that differ from fp32 by a few 8-bit levels at soft edges")
     c.add_argument("--revision", choices=["auto", *REVISIONS], default=CutoutConfig.revision,
@@ -154,6 +156,15 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--models-dir", type=Path)
     add_parsers(sub)   # train / evaluate: the training code loads when one runs
     return p
+
+
+def _batch_size(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--batch-size must be a number or auto, got {text!r}") from None
 
 
 def _shard(text: str) -> Shard:
@@ -178,7 +189,7 @@ def _max_pixels(value: int | None) -> int:
 def _cutout_config(args: argparse.Namespace) -> CutoutConfig:
     try:
         segment = SegmentOptions(size=args.size, resize=args.resize, tta=args.tta, quantize_depth=args.quantize_depth,
-                                 batch_size=args.batch_size).validate()
+                                 batch_size=1 if args.batch_size == "auto" else args.batch_size).validate()
     except ValueError as exc:   # its message starts with the option's name: say it as the flag
         option, _, problem = str(exc).partition(" ")
         raise UsageError(f"--{option.replace('_', '-')} {problem}") from None
@@ -188,13 +199,18 @@ def _cutout_config(args: argparse.Namespace) -> CutoutConfig:
     values = {k: v for k, v in vars(args).items() if k in keys}
     values["inputs"] = tuple(args.inputs)
     values["segment"] = segment
+    values["auto_batch"] = args.batch_size == "auto"
+    device = resolve_device(args.device)
+    values["dtype"] = args.dtype or default_dtype_name(device)
+    if device.type == "cuda":
+        allow_tf32()   # this process is ours: fp32 matrix products may use TF32 (parity checks keep it off)
     values["max_pixels"] = _max_pixels(args.max_pixels)
     if args.gpus_per_worker is None:
         values.pop("gpus_per_worker")
     if args.engine != "ray" and (args.address or args.gpus_per_worker is not None or args.workers != 1):
         raise UsageError("--workers, --gpus-per-worker and --address need --engine ray")
     if args.prefetch is None:
-        values["prefetch"] = args.prefetch = 0 if resolve_device(args.device).type == "cpu" else 2
+        values["prefetch"] = args.prefetch = 0 if device.type == "cpu" else 2
     for flag, value, least in (("--prefetch", args.prefetch, 0), ("--workers", args.workers, 1)):
         if value < least:
             raise UsageError(f"{flag} must be at least {least}, got {value}")

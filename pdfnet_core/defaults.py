@@ -15,6 +15,7 @@ import torch
 from .download import ensure_model_file
 from .families import family
 from .loading import load_cached
+from .precision import default_dtype_name, dtype_for, resolve_device
 from .specs import LoadedModel
 
 
@@ -51,7 +52,14 @@ def model_file(kind: str, weights: Path | None = None, root: Path | None = None,
     return default_model_path(kind, None if root is None else family_folder(kind, root), download)
 
 
-def default_model(kind: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+def default_model(kind: str, device: str | torch.device = "auto", dtype: torch.dtype | str | None = None,
                   download: bool | None = None) -> LoadedModel:
-    """The default model of family ``kind`` ("pdfnet" or "depth_anything"), shared through the model cache."""
-    return load_cached(kind, default_model_path(kind, download=download), device=device, dtype=dtype)
+    """The default model of family ``kind`` ("pdfnet" or "depth_anything"), shared through the model cache.
+
+    ``device`` "auto" resolves to CUDA, else MPS, else the CPU; ``dtype`` None is the device's default
+    (``precision.default_dtype_name``: auto, i.e. bf16 from Ampere on, on CUDA; fp32 elsewhere).
+    """
+    where = resolve_device(device)
+    spec = family(kind)
+    precision = dtype_for(default_dtype_name(where), spec.auto_dtypes, where) if dtype is None else dtype
+    return load_cached(spec, default_model_path(kind, download=download), device=where, dtype=precision)

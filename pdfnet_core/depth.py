@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 from .families import as_loaded
 from .models.depth_anything.net import PATCH_SIZE
-from .ops.images import ImageSource, chunks, group_by_size, image_sources, imagenet_normalize, minmax_per_item
+from .ops.images import (ImageSource, chunks, group_by_size, image_sources, imagenet_normalize, minmax_per_item,
+                         to_device)
 from .specs import BeforeRun, LoadedModel, Progress, parameter_placement
 
 DEFAULT_INPUT_SIZE = 518
@@ -101,7 +102,9 @@ def estimate_depth(images: Any, model: torch.nn.Module | LoadedModel, input_size
     results: list[torch.Tensor | None] = [None] * len(sources)
     done = 0
     for indices, depth in depth_batches(sources, net, input_size, batch_size, before_run):
-        for i, d in zip(indices, depth):
+        host = [d.cpu() for d in depth]   # one transfer back per image
+        check_finite(host, [sources[i].name for i in indices], net.dtype)
+        for i, d in zip(indices, host):
             results[i] = d
         done += len(indices)
         if progress is not None:
@@ -119,26 +122,39 @@ def _check_sizes(sources: Sequence[ImageSource], names: Sequence[str]) -> None:
 def depth_batches(sources: Sequence[ImageSource], net: LoadedModel, input_size: int = DEFAULT_INPUT_SIZE,
                   batch_size: int = DEFAULT_BATCH_SIZE, before_run: BeforeRun | None = None,
                   ) -> Iterator[tuple[list[int], list[torch.Tensor]]]:
-    """(indices, depth maps) per batch of same-size images: the work of ``estimate_depth``, batch by batch."""
+    """(indices, depth maps) per batch of same-size images: the work of ``estimate_depth``, batch by batch.
+
+    Everything runs on the model's device (where ``before_run`` left it): each image goes there once,
+    and the resize, normalisation and the resize back happen there.  The maps stay there, float32
+    [H,W]; on a CPU they are checked for NaN here, elsewhere by the caller on its host copy
+    (``check_finite``), so the GPU is never waited for in the middle of the work.
+    """
     _check_sizes(sources, [s.name for s in sources])
     for (h, w), indices in group_by_size([(s.height, s.width) for s in sources]).items():
         target = network_size(h, w, input_size)
         for batch in chunks(indices, batch_size):
-            # resized one by one: a batch of large float64 sources would cost 24 bytes/pixel
-            x = torch.cat([preprocess(sources[i].rgb()[None], target) for i in batch])
             if before_run is not None:
                 before_run(net.module, net.activation_bytes(target, len(batch)))
             device, dtype = parameter_placement(net.module)   # where before_run left it
+            # resized one by one: a batch of large float64 sources would cost 24 bytes/pixel
+            x = torch.cat([preprocess(to_device(sources[i].rgb()[None], device), target) for i in batch])
             with torch.inference_mode():
-                depth = net.module(x.to(device=device, dtype=dtype))
-                depth = postprocess(depth, (h, w)).cpu()
-            if not torch.isfinite(depth).all():
-                raise FloatingPointError(
-                    f"the depth model produced NaN or inf for {', '.join(sources[i].name for i in batch)} in "
-                    f"{dtype}; half precision can overflow here: load the model in float32 or bfloat16")
+                depth = postprocess(net.module(x.to(dtype=dtype)), (h, w))
             # own storage, so one map does not pin the whole batch (and, made outside inference
             # mode, a tensor callers may change in place)
-            yield list(batch), [d.clone() for d in depth]
+            maps = [d.clone() for d in depth]
+            if device.type == "cpu":
+                check_finite(maps, [sources[i].name for i in batch], dtype)
+            yield list(batch), maps
+
+
+def check_finite(maps: Sequence[torch.Tensor], names: Sequence[str], dtype: torch.dtype) -> None:
+    """Depth maps (host copies) without NaN or inf, else an error that says what to change."""
+    bad = [name for name, m in zip(names, maps) if not torch.isfinite(m).all()]
+    if bad:
+        raise FloatingPointError(
+            f"the depth model produced NaN or inf for {', '.join(bad)} in {dtype}; half precision can "
+            "overflow here: load the model in float32 or bfloat16")
 
 
 def normalize_depth(depth: torch.Tensor, quantize: bool = True) -> torch.Tensor:

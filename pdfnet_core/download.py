@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from .atomic_files import STALE_AGE, process_alive
 from .families import lookup
 from .specs import ModelEntry, hf_url
 
@@ -195,25 +196,12 @@ def ensure_model_file(entry_or_name: ModelEntry | str, folder: str | os.PathLike
 # killed mid-way: SIGKILL, power loss) is removed by the next download of that file.  One whose pid
 # is alive is another process's download in progress, unless older than this (the pid was reused).
 STAGING_SUFFIX = ".download"
-STALE_STAGING_SECONDS = 24 * 3600
 
 
 def _staging_pid(name: str, filename: str) -> int | None:
     rest = name[len(f".{filename}."):]
     head = rest.split(".", 1)[0]
     return int(head) if head.isdigit() else None
-
-
-def _process_alive(pid: int) -> bool:
-    if os.name == "nt":  # os.kill(pid, 0) would terminate the process on Windows: rely on age there
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # EPERM: it exists, owned by someone else
-        return True
-    return True
 
 
 def clean_stale_staging(folder: Path, filename: str) -> list[Path]:
@@ -228,9 +216,10 @@ def clean_stale_staging(folder: Path, filename: str) -> list[Path]:
         except OSError:
             continue
         pid = _staging_pid(path.name, filename)
-        if pid == os.getpid() or (pid is not None and _process_alive(pid) and age < STALE_STAGING_SECONDS):
+        # a pid that cannot be asked about (Windows) counts as alive: only age removes its folder
+        if pid == os.getpid() or (pid is not None and process_alive(pid) is not False and age < STALE_AGE):
             continue
-        if pid is None and age < STALE_STAGING_SECONDS:  # an older layout's name: only by age
+        if pid is None and age < STALE_AGE:  # an older layout's name: only by age
             continue
         log.info("removing %s, left by an interrupted download", path)
         shutil.rmtree(path, ignore_errors=True)

@@ -21,7 +21,8 @@ from torch import nn
 from .defaults import default_model
 from .depth import depth_batches, normalize_depth
 from .families import FAMILIES, as_loaded
-from .ops.images import ImageSource, chunks, image_sources, imagenet_normalize, resize_bilinear, to_mask_list
+from .ops.images import (ImageSource, chunks, image_sources, imagenet_normalize, resize_bilinear, to_device,
+                         to_mask_list)
 from .segment_options import RESIZE_MODES, SegmentOptions, tta_side
 from .specs import BeforeRun, LoadedModel, Progress, parameter_placement
 
@@ -197,21 +198,28 @@ def _segment_batch(net: LoadedModel, rgb: list[torch.Tensor], depths: list[torch
     if before_run is not None:
         before_run(net.module, memory)
     device, dtype = parameter_placement(net.module)   # where before_run left it
-    # Normalised after the resize (the same affine map, on the network canvas rather than the
-    # photo: no full-size float copies) and before the pad, so the border is the mean colour.
-    x = torch.cat([p.to_network(im[None], "constant", imagenet_normalize) for p, im in zip(places, rgb)])
+    # Everything on the model's device: each image goes there once, is resized, normalised (after
+    # the resize: the same affine map on the network canvas rather than the photo, so no full-size
+    # float copies) and padded (after normalising, so the border is the mean colour) there.
+    x = torch.cat([p.to_network(to_device(im[None], device), "constant", imagenet_normalize)
+                   for p, im in zip(places, rgb)])
     d = None
     if net.spec.inputs.needs_depth:
-        d = torch.cat([p.to_network(m[None, None].float(), "replicate") for p, m in zip(places, depths)  # type: ignore[index]
-                       ]).to(device)
+        d = torch.cat([p.to_network(to_device(m[None, None].float(), device), "replicate")  # type: ignore[index]
+                       for p, m in zip(places, depths)])
     run = net.spec.segment
     assert run is not None
     with torch.no_grad():
-        x = x.to(device, dtype)
+        x = x.to(dtype)
         logits = tta_logits(net, x, d, opts.tta_scales) if opts.tta else run(net.module, x, d)
         alpha = logits.float().sigmoid()
-    return [place.from_network(alpha[k:k + 1], im.shape[-2], im.shape[-1])[0, 0].clamp_(0, 1).cpu()
-            for k, (place, im) in enumerate(zip(places, rgb))]
+    # one transfer back per image, at its source size
+    out = [place.from_network(alpha[k:k + 1], im.shape[-2], im.shape[-1])[0, 0].clamp_(0, 1).cpu()
+           for k, (place, im) in enumerate(zip(places, rgb))]
+    if device.type != "cpu" and not all(torch.isfinite(a).all() for a in out):   # checked on the host copies
+        raise FloatingPointError(f"{net.spec.label} (or its depth model) produced NaN or inf in {dtype}; half "
+                                 "precision can overflow: load the models in float32 or bfloat16")
+    return out
 
 
 def _options(options: SegmentOptions | None, overrides: dict) -> SegmentOptions:

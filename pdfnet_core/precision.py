@@ -72,6 +72,19 @@ def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
     return resolved
 
 
+def allow_tf32() -> None:
+    """Let float32 matrix products and convolutions on CUDA use TF32 (10-bit mantissa inputs, fp32
+    sums): what a command line that owns its process wants from fp32 on Ampere and later."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+
+def default_dtype_name(device: torch.device | str) -> str:
+    """What a command line runs when it is not told: "auto" on CUDA (bf16 from Ampere on), else the
+    official numbers in fp32 (a CPU's bf16 is a choice the user makes, see README)."""
+    return "auto" if torch.device(device).type == "cuda" else "fp32"
+
+
 def dtype_for(name: str, auto_dtypes: tuple[torch.dtype, ...], device: torch.device | str) -> torch.dtype:
     """A command line's ``--dtype`` (fp32, fp16, bf16 or auto) for a family (its ``auto_dtypes``) on a device."""
     if name == "auto":

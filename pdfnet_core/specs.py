@@ -123,6 +123,9 @@ class InputContract:
 SegmentFn = Callable[[nn.Module, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 # (height, width, variant) of the network input -> activation elements of one forward pass of one image
 ActivationFn = Callable[[int, int, "str | None"], float]
+# (height, width, variant, device, dtype) -> bytes one image needs on that device beyond ``activation``
+# (which was measured on the CPU): buffers only another device's kernels allocate.
+DeviceExtraFn = Callable[[int, int, "str | None", torch.device, torch.dtype], int]
 
 
 # How the activation tables of the family specs were made (rerun the script after changing a model).
@@ -181,6 +184,9 @@ class FamilySpec:
     work_size: Callable[[nn.Module], "tuple[int, int]"] | None = None
     # Where 'auto' precision may pick a half type (if the device runs it well); empty: always fp32.
     auto_dtypes: tuple[torch.dtype, ...] = (torch.bfloat16,)
+    # Activation bytes per image that a device other than the CPU adds (BiRefNet: torchvision's
+    # deformable-convolution columns); None: the same everywhere.
+    device_extra: DeviceExtraFn | None = None
 
     def __post_init__(self) -> None:
         if not self.fingerprints or any(fp.label != self.label for fp in self.fingerprints):
@@ -203,15 +209,21 @@ class FamilySpec:
         raise KeyError(f"{self.label} has no loader option {name!r}")
 
     def activation_bytes(self, size: int | tuple[int, int], batch: int = 1, dtype: torch.dtype | str = torch.float32,
-                         variant: str | None = None) -> int:
+                         variant: str | None = None, device: torch.device | str | None = None) -> int:
         """Activation memory of one forward pass of ``batch`` images at network ``size``, in bytes.
 
         For a residency hook's ``memory_required``: linear in the batch and the element size.
+        ``device``: where the pass runs; off the CPU the family's ``device_extra`` is added (None:
+        the CPU estimate, as measured).
         """
         h, w = (size, size) if isinstance(size, int) else size
         if h <= 0 or w <= 0 or batch <= 0:
             raise ValueError(f"size and batch must be positive, got size={size!r}, batch={batch!r}")
-        return int(math.ceil(self.activation(h, w, variant) * batch * as_dtype(dtype).itemsize))
+        dt = as_dtype(dtype)
+        total = int(math.ceil(self.activation(h, w, variant) * batch * dt.itemsize))
+        if device is not None and self.device_extra is not None:
+            total += int(self.device_extra(h, w, variant, torch.device(device), dt)) * batch
+        return total
 
     def describe_module(self, module: nn.Module) -> str:
         return self.describe(module) if self.describe is not None else self.label
@@ -236,8 +248,12 @@ class LoadedModel:
     def device(self) -> torch.device:
         return parameter_placement(self.module)[0]
 
-    def activation_bytes(self, size: int | tuple[int, int], batch: int = 1) -> int:
-        return self.spec.activation_bytes(size, batch, self.dtype, self.variant)
+    def activation_bytes(self, size: int | tuple[int, int], batch: int = 1,
+                         device: torch.device | str | None = None) -> int:
+        """The spec's estimate for this model's variant and dtype on ``device`` (default: where its
+        weights are now)."""
+        return self.spec.activation_bytes(size, batch, self.dtype, self.variant,
+                                          self.device if device is None else device)
 
     def describe(self) -> str:
         return self.spec.describe_module(self.module)

@@ -67,6 +67,7 @@ class CutoutConfig:
     revision: str = "auto"
     max_pixels: int = DEFAULT_MAX_PIXELS
     # how the work is run (never changes an output; segment.batch_size neither)
+    auto_batch: bool = False         # --batch-size auto: segment.batch_size from the free memory, once loaded
     prefetch: int = 2                # decoder threads; the writer pool has as many
     quiet: bool = False
     shard: Shard = Shard()

@@ -9,7 +9,7 @@ import importlib.util
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, TextIO
 
 import torch
@@ -24,7 +24,7 @@ from .local_engine import run_local
 from .manifest import DONE, FAILED, Manifest, Record
 from .progress import BatchProgress
 from . import stages
-from .stages import CutoutModels
+from .stages import CutoutModels, auto_batch_size
 
 
 @dataclass
@@ -165,6 +165,9 @@ def run_cutout(cfg: CutoutConfig, stream: TextIO | None = None,
                     if isinstance(exc, FileNotFoundError):
                         raise
                     raise UsageError(f"cannot load the models: {type(exc).__name__}: {exc}") from exc
+                if cfg.auto_batch:
+                    cfg = replace(cfg, segment=replace(cfg.segment, batch_size=auto_batch_size(cfg, models)))
+                    progress.note(f"--batch-size auto: {cfg.segment.batch_size} image(s) per forward pass")
                 run_local(planned.todo, cfg, models, background, report, progress)
         finally:
             progress.close()

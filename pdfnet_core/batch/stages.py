@@ -23,6 +23,7 @@ from .. import pipeline
 from ..defaults import model_file
 from ..families import family
 from ..loading import load_cached
+from ..memory import fitting_batch, free_bytes
 from ..ops.composite import composite_over_color, composite_over_image, to_rgba
 from ..ops.foreground import estimate_foreground
 from ..ops.images import to_uint8
@@ -140,14 +141,25 @@ def load_models(cfg: CutoutConfig) -> CutoutModels:
     weights = model_file("pdfnet", cfg.weights, cfg.models_dir, cfg.download or None)
     pdfnet = load_cached("pdfnet", weights, device=device, dtype=dtype_for(cfg.dtype, family("pdfnet").auto_dtypes, device),
                          revision=cfg.revision)
-    depth_model = None
-    if cfg.depth_dir is None:
-        depth_weights = model_file("depth_anything", cfg.depth_weights, cfg.models_dir, cfg.download or None)
-        depth_dtype = dtype_for(cfg.dtype, family("depth_anything").auto_dtypes, device)
-        # fp16 overflows in Depth-Anything-V2's attention
-        depth_dtype = torch.float32 if depth_dtype == torch.float16 else depth_dtype
-        depth_model = load_cached("depth_anything", depth_weights, device=device, dtype=depth_dtype)
-    return CutoutModels(pdfnet, depth_model)
+    return CutoutModels(pdfnet, None if cfg.depth_dir is not None else load_depth_model(cfg))
+
+
+def auto_batch_size(cfg: CutoutConfig, models: CutoutModels) -> int:
+    """``--batch-size auto``: the images of one forward pass that fit in the free memory of the model's
+    device (1 on a CPU), once the models are loaded there."""
+    if models.pdfnet is None:
+        return 1
+    per_image = models.pdfnet.activation_bytes(cfg.segment.network_side(), 1)
+    return fitting_batch(per_image, free_bytes(models.pdfnet.device))
+
+
+def load_depth_model(cfg: CutoutConfig) -> LoadedModel:
+    """The Depth-Anything-V2 of a job without --depth-dir: --depth-weights or the default file."""
+    device = resolve_device(cfg.device)
+    weights = model_file("depth_anything", cfg.depth_weights, cfg.models_dir, cfg.download or None)
+    dtype = dtype_for(cfg.dtype, family("depth_anything").auto_dtypes, device)
+    # fp16 overflows in Depth-Anything-V2's attention
+    return load_cached("depth_anything", weights, device=device, dtype=torch.float32 if dtype == torch.float16 else dtype)
 
 
 # --------------------------------------------------------------------------------------------

@@ -266,6 +266,14 @@ def resize_bilinear(x: torch.Tensor, size: tuple[int, int], align_corners: bool)
     return torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
 
 
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``x`` on ``device``: to a GPU through pinned memory without waiting (the copy is ordered before
+    the kernels that read it); elsewhere a plain move (none on the CPU)."""
+    if device.type == "cuda" and x.device.type == "cpu":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
+
+
 def chunks(seq: Sequence[int], size: int) -> Iterable[Sequence[int]]:
     for i in range(0, len(seq), max(1, size)):
         yield seq[i:i + size]

@@ -24,7 +24,7 @@ from . import plots
 from .config import load_config
 from .data import DatasetError
 from .evaluate import PipelineModels, evaluate, parse_pipeline
-from .loop import train
+from .loop import require_timm, train
 
 _AUGMENT_FLAGS = ("hflip", "crop", "crop_min_scale")    # fields of TrainConfig.augment
 
@@ -112,8 +112,12 @@ def run_train(args: argparse.Namespace) -> int:
     if resume_last:
         config = replace(config, resume=config.out_dir / "checkpoints" / "last.pt")
     try:
+        require_timm()   # the optional extra, said as a usage error; any other ImportError is a bug
+    except ImportError as exc:
+        return _error(str(exc))
+    try:
         train(config, stop_after=getattr(args, "stop_after", None))
-    except (DatasetError, CheckpointError, FileNotFoundError, ImportError, ValueError) as exc:
+    except (DatasetError, CheckpointError, FileNotFoundError, ValueError) as exc:
         return _error(str(exc))
     except FloatingPointError as exc:
         print(f"error: {exc}", file=sys.stderr)

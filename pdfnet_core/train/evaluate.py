@@ -125,22 +125,23 @@ def predict_subset(pipeline: Pipeline, models: PipelineModels, subset: Subset, o
     images = {p.stem: p for p in sorted(subset.image_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
     failures = []
     todo = [s for s in images if overwrite or not (out_dir / f"{s}.png").is_file()]
+    if not todo:
+        return failures
+    # The models are set-up, not per-image work: a wrong or missing file stops the command (exit 2)
+    # before any image, the segmenter named first.
+    net = models.get(pipeline.kind)
+    refiner = models.get("segrefiner").module if pipeline.segrefiner else None
+    depth_files = {p.stem: p for p in (subset.depth_dir.iterdir() if subset.depth_dir else ())
+                   if p.suffix.lower() in IMAGE_SUFFIXES}
+    needs_prior = net.spec.inputs.needs_depth and any(stem not in depth_files for stem in todo)
+    depth_model = models.get("depth_anything") if needs_prior else None
     for n, stem in enumerate(todo, start=1):
         try:
             image = read_rgb(images[stem]).permute(1, 2, 0)
-            depth = None
-            depth_model = None
-            if pipeline.kind == "pdfnet":
-                found = next((p for p in (subset.depth_dir.glob(f"{stem}.*") if subset.depth_dir else ())
-                              if p.suffix.lower() in IMAGE_SUFFIXES), None)
-                if found is not None:
-                    depth = read_gray(found)[0]
-                else:
-                    depth_model = models.get("depth_anything")
-            alpha = segment(image[None], depth, models.get(pipeline.kind), depth_model=depth_model, size=size,
-                            tta=pipeline.tta)[0]
-            if pipeline.segrefiner:
-                alpha = refine_with_segrefiner(models.get("segrefiner").module, image, alpha, mode="hr")
+            depth = read_gray(depth_files[stem])[0] if net.spec.inputs.needs_depth and stem in depth_files else None
+            alpha = segment(image[None], depth, net, depth_model=depth_model, size=size, tta=pipeline.tta)[0]
+            if refiner is not None:
+                alpha = refine_with_segrefiner(refiner, image, alpha, mode="hr")
             _write_mask(alpha, out_dir / f"{stem}.png")
         except (ValueError, OSError) as exc:
             failures.append(f"{images[stem]}: {exc}")

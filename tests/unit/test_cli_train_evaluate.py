@@ -283,13 +283,13 @@ def test_evaluate_runs_the_default_pdfnet_and_writes_the_metrics(runs, data):
 
 
 def test_evaluate_with_an_empty_models_folder_names_the_missing_file(runs):
-    """A first run with nothing installed: VD has no depth maps, so the default depth model is the first
-    file wanted; the error says which file and which folder, with no traceback and nothing written."""
+    """A first run with nothing installed: the segmenter is the first file wanted (the depth model
+    after it); the error says which file and which folder, with no traceback and nothing written."""
     pytest.importorskip("py_sod_metrics")
     run = runs["evaluate_no_models"]
     proc = run.result()
     assert proc.returncode == 2, _explain(proc)
     assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr, _explain(proc)
-    assert "error:" in proc.stderr and DEPTH_FILE.name in proc.stderr, _explain(proc)
-    assert str(run.models / DEPTH_FILE.parent) in proc.stderr, _explain(proc)
+    assert "error:" in proc.stderr and PDFNET_FILE.name in proc.stderr, _explain(proc)
+    assert str(run.models / PDFNET_FILE.parent) in proc.stderr, _explain(proc)
     assert not (run.out / "metrics.csv").exists() and not list(run.out.rglob("*.png"))

@@ -374,7 +374,8 @@ def test_a_checkpoint_truncated_on_disk_after_loading_does_not_crash(suffix, tmp
 def test_a_download_killed_mid_way_is_cleaned_up_by_the_next(tmp_path, monkeypatch):
     import huggingface_hub
 
-    from pdfnet_core.download import STALE_STAGING_SECONDS, ensure_model_file
+    from pdfnet_core.atomic_files import STALE_AGE
+    from pdfnet_core.download import ensure_model_file
     from pdfnet_core.families import lookup
 
     entry = lookup("PDFNet_Best.pth")
@@ -387,7 +388,7 @@ def test_a_download_killed_mid_way_is_cleaned_up_by_the_next(tmp_path, monkeypat
     (killed / "PDFNet_Best.pth.partial").write_bytes(b"half")
     old = folder / ".PDFNet_Best.pth.xyz.download"                            # an older layout, a day old
     old.mkdir()
-    os.utime(old, (time.time() - STALE_STAGING_SECONDS - 10,) * 2)
+    os.utime(old, (time.time() - STALE_AGE - 10,) * 2)
     live = folder / f".PDFNet_Best.pth.{os.getppid()}.live.download"           # another download running
     live.mkdir()
 

@@ -218,6 +218,7 @@ def test_evaluate_runs_two_pipelines_in_one_command(tmp_path, monkeypatch):
     """--model runs PDFNet (single pass and TTA) over the images, writes the predictions, and
     tabulates both pipelines.  (A small PDFNet stands in for the released weights: the full
     Swin-B's 64 padded patch windows take minutes on two CPU cores.)"""
+    from pdfnet_core import as_loaded
     from pdfnet_core.train import evaluate as evaluation
 
     loaded = []
@@ -226,7 +227,7 @@ def test_evaluate_runs_two_pipelines_in_one_command(tmp_path, monkeypatch):
     def get(self, kind):
         loaded.append(kind)
         assert kind == "pdfnet"          # the subset has depth maps: no depth model is needed
-        return tiny                      # (the model cache makes every get of one file one load)
+        return as_loaded(tiny)           # (the model cache makes every get of one file one load)
 
     monkeypatch.setattr(evaluation.PipelineModels, "get", get)
     data = tmp_path / "data"

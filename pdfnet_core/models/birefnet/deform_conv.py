@@ -12,11 +12,17 @@ Two interchangeable backends:
   sub-pixel accuracy.  At BiRefNet's shapes (64 channels in, 256 out, 32^2-256^2 maps, k = 1, 3, 7) it
   takes 0.3-0.45x the CPU time of torchvision's CPU kernel (one thread, same process, alternating).
 * ``"torchvision"``: ``torchvision.ops.deform_conv2d``, the op the official code calls; the default
-  (``DEFAULT_BACKEND``) for tensors on other devices when it loads.
+  (``DEFAULT_BACKEND``) for tensors on other devices.  It is imported on first use (about 2 s), not
+  with this module.  Where it cannot be imported, or fails on a device (no kernel for it: "Could not
+  run 'torchvision::deform_conv2d' with arguments from the 'CUDA' backend"; a build for another
+  torch), calls that name no backend run the pure-torch path instead, with one warning: the forward
+  never fails for want of torchvision.
 """
 from __future__ import annotations
 
-from typing import Callable
+import logging
+import threading
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -66,17 +72,24 @@ def deform_conv2d_torch(x: torch.Tensor, offset: torch.Tensor, weight: torch.Ten
 
 
 _TORCHVISION_DTYPES = (torch.float16, torch.float32, torch.float64)
+_FALLBACK_NOTE = "using the pure-torch deformable convolution instead (same results within float tolerance)"
+
+_log = logging.getLogger(__name__)
+_lock = threading.Lock()
+_UNPROBED: Any = object()
+_torchvision: Any = _UNPROBED        # torchvision's op (wrapped), None where it cannot be imported
+_import_problem = ""                 # why it cannot be imported
+_failed: dict[str, str] = {}         # device type -> why torchvision's op failed on it (then never tried again)
 
 
-def _torchvision_op() -> DeformFn | None:
-    try:
-        # deferred and optional: torchvision is not a dependency, and its import is heavy
-        from torchvision.ops import deform_conv2d as op
-    except Exception:  # missing, or compiled against another torch (the op fails to register)
-        return None
+def torchvision_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype torchvision's op computes (and allocates its columns) in for inputs of ``dtype``."""
+    return dtype if dtype in _TORCHVISION_DTYPES else torch.float32
 
+
+def _wrap(op: Callable[..., torch.Tensor]) -> DeformFn:
     def run(x, offset, weight, mask, padding):
-        if x.dtype in _TORCHVISION_DTYPES:
+        if torchvision_dtype(x.dtype) == x.dtype:
             return op(x, offset, weight, None, padding=(padding, padding), mask=mask)
         # torchvision's kernel has no bfloat16 version ("deformable_im2col not implemented"): run it
         # in float32, as its own autocast rule does.
@@ -86,22 +99,104 @@ def _torchvision_op() -> DeformFn | None:
     return run
 
 
-BACKENDS: dict[str, DeformFn] = {"torch": deform_conv2d_torch}
-_tv = _torchvision_op()
-if _tv is not None:
-    BACKENDS["torchvision"] = _tv
-DEFAULT_BACKEND = "torchvision" if "torchvision" in BACKENDS else "torch"
+def _torchvision_op() -> DeformFn | None:
+    """torchvision's op, imported on first use (about 2 s) and remembered; None where it cannot be."""
+    global _torchvision, _import_problem
+    if _torchvision is _UNPROBED:
+        try:
+            # deferred and optional: torchvision is not a dependency, and its import is heavy
+            from torchvision.ops import deform_conv2d as op
+        except Exception as exc:  # missing, or compiled against another torch (the op fails to register)
+            _import_problem = _one_line(exc)
+            _torchvision = None
+        else:
+            _torchvision = _wrap(op)
+    return _torchvision
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    return f"{type(exc).__name__}: {first[:300]}" if first else type(exc).__name__
+
+
+def available_backends() -> dict[str, DeformFn]:
+    """The backends that can run here (probing torchvision on the first call)."""
+    op = _torchvision_op()
+    return {"torch": deform_conv2d_torch, **({"torchvision": op} if op is not None else {})}
+
+
+def __getattr__(name: str) -> Any:
+    # BACKENDS and DEFAULT_BACKEND are read lazily, so importing this module never imports torchvision.
+    if name == "BACKENDS":
+        return available_backends()
+    if name == "DEFAULT_BACKEND":
+        return "torchvision" if _torchvision_op() is not None else "torch"
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def default_backend(device: torch.device) -> str:
-    """"torch" on the CPU (faster there than torchvision's kernel), else ``DEFAULT_BACKEND``."""
-    return "torch" if device.type == "cpu" else DEFAULT_BACKEND
+    """The backend a call without ``backend`` uses on ``device``: "torch" on the CPU (faster there than
+    torchvision's kernel); elsewhere ``DEFAULT_BACKEND`` where one was set on this module, else
+    "torchvision"; "torch" where torchvision cannot be imported or its op has failed on this device type.
+    """
+    if device.type == "cpu":
+        return "torch"
+    choice = globals().get("DEFAULT_BACKEND") or "torchvision"   # set on the module: a user's (a test's) pin
+    if choice == "torchvision" and (_torchvision_op() is None or device.type in _failed):
+        return "torch"
+    return choice
+
+
+def fallback_reason(device: torch.device | str) -> str | None:
+    """Why calls without ``backend`` on this device type run the pure-torch path instead of
+    torchvision's op, or None where they have not fallen back (so far)."""
+    return _failed.get(torch.device(device).type)
+
+
+def _fall_back(device_type: str, reason: str) -> None:
+    """Remember that torchvision's op does not run on ``device_type``; warn once for it."""
+    with _lock:
+        if device_type in _failed:
+            return
+        _failed[device_type] = reason
+    _log.warning("BiRefNet: %s; %s.", reason, _FALLBACK_NOTE)
+
+
+def _torchvision_or_torch(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
+                          padding: int) -> torch.Tensor:
+    """torchvision's op where it runs; the pure-torch one (with one warning) where it does not."""
+    kind = x.device.type
+    op = _torchvision_op()
+    if op is None:
+        _fall_back(kind, f"torchvision's deform_conv2d cannot be imported ({_import_problem})")
+    elif kind not in _failed:
+        try:
+            return op(x, offset, weight, mask, padding)
+        except torch.cuda.OutOfMemoryError:
+            raise   # a memory problem, not torchvision's: the caller's to handle
+        except Exception as exc:   # no kernel for this device ("Could not run ... backend"), an ABI mismatch
+            _fall_back(kind, f"torchvision's deform_conv2d failed on {kind} tensors ({_one_line(exc)})")
+    return deform_conv2d_torch(x, offset, weight, mask, padding)
 
 
 def deform_conv2d(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, padding: int,
                   backend: str | None = None) -> torch.Tensor:
-    name = backend or default_backend(x.device)
-    if name not in BACKENDS:
+    """The deformable convolution on ``backend``, or the device's ``default_backend`` when None.
+
+    Without ``backend`` this never fails for want of torchvision: where its op is missing or fails
+    on the device, the pure-torch path runs (one warning per process and device type) and stays in
+    use on that device type.  An explicit ``backend`` is that backend or an error (benchmarks and
+    parity tests compare the two and must not measure one for the other).
+    """
+    if backend is None:
+        name = default_backend(x.device)
+        if name == "torchvision":
+            return _torchvision_or_torch(x, offset, weight, mask, padding)
+    else:
+        name = backend
+    backends = available_backends() if name != "torch" else {"torch": deform_conv2d_torch}
+    if name not in backends:
         raise ValueError(f"deformable-convolution backend {name!r} is not available; "
-                         f"available: {', '.join(sorted(BACKENDS))}")
-    return BACKENDS[name](x, offset, weight, mask, padding)
+                         f"available: {', '.join(sorted(available_backends()))}")
+    return backends[name](x, offset, weight, mask, padding)

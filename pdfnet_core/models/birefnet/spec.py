@@ -1,10 +1,16 @@
 """The BiRefNet family as the other layers see it."""
 from __future__ import annotations
 
+import re
+from functools import lru_cache
+
+import torch
+
 from ...registry import register_family
 from ...specs import HOW_MEASURED, FamilySpec, InputContract, LoaderOption, MeasuredActivation, ModelEntry
+from .deform_conv import default_backend, torchvision_dtype
 from .loader import LAYOUTS, load_birefnet, resolve_patch_order
-from .net import PATCH_ORDERS, SIZE_MULTIPLE, VARIANTS, BiRefNet
+from .net import PATCH_ORDERS, SIZE_MULTIPLE, VARIANTS, BiRefNet, DeformableConv2d
 
 _LICENCE = "MIT (ZhengPeng7/BiRefNet code and model cards)"
 
@@ -51,6 +57,63 @@ for _entry in FILES:
         raise ValueError(f"registry entry {_entry.filename!r}: unknown patch order {_entry.patch_order!r}")
 
 
+# --------------------------------------------------------------------------------------------
+# memory off the CPU: torchvision's deformable-convolution columns
+#
+# The activation tables were measured on the CPU, where the pure-torch deformable convolution samples
+# in chunks of at most deform_conv._COLUMN_BUDGET elements.  torchvision's kernel (the default off the
+# CPU) allocates the whole im2col buffer at once: ``columns`` of (C_in*k_h*k_w) x (n*H_out*W_out)
+# elements for n = the largest divisor of the batch up to 32 images (kMaxParallelImgs), in the dtype
+# it computes in.  The largest is decoder_block1's 7x7 branch on the x1 map (64 channels at a quarter
+# of the input side): 196*H*W elements per image, about 0.8 GB in fp32 at 1024^2.
+
+_DECODER_BLOCK = re.compile(r"decoder\.decoder_block(\d)\.")
+
+
+def _level(name: str) -> int:
+    """The feature level (1..4: x1..x4) that the block holding module ``name`` runs on: the squeeze
+    block on x4, ``decoder_block{k}`` on x{k} (BiRefNet.forward, Decoder.forward)."""
+    if name.startswith("squeeze_module."):
+        return 4
+    found = _DECODER_BLOCK.match(name)
+    if found is None:
+        raise ValueError(f"BiRefNet: no feature level known for the deformable convolution {name!r}")
+    return int(found.group(1))
+
+
+@lru_cache(maxsize=None)
+def deform_layers(variant: str) -> tuple[tuple[int, int, int], ...]:
+    """(stride of its map, input channels, kernel taps) of every deformable convolution of a variant,
+    read off its module tree (built once on the meta device)."""
+    config = VARIANTS[variant]
+    with torch.device("meta"):
+        model = BiRefNet(config)
+    layers = []
+    for name, module in model.named_modules():
+        if isinstance(module, DeformableConv2d):
+            _, channels, kh, kw = module.regular_conv.weight.shape
+            if module.padding != kh // 2 or kh != kw:
+                raise ValueError(f"BiRefNet: {name} is not a same-size square deformable convolution")
+            layers.append((config.swin.patch_size * 2 ** (_level(name) - 1), channels, kh * kw))
+    return tuple(layers)
+
+
+def deform_columns(h: int, w: int, variant: str | None) -> int:
+    """Elements of the largest ``columns`` buffer torchvision's deform_conv2d allocates for one image
+    of network size h x w (a variant not in ``VARIANTS``: the largest over them)."""
+    variants = [variant] if variant in VARIANTS else list(VARIANTS)
+    return max(channels * taps * -(-h // stride) * -(-w // stride)
+               for v in variants for stride, channels, taps in deform_layers(v))
+
+
+def device_extra(h: int, w: int, variant: str | None, device: torch.device, dtype: torch.dtype) -> int:
+    """Bytes per image beyond the CPU-measured activations: torchvision's largest columns buffer where
+    its op runs (off the CPU, unless it fell back to the pure-torch path there)."""
+    if default_backend(device) != "torchvision":
+        return 0
+    return deform_columns(h, w, variant) * torchvision_dtype(dtype).itemsize
+
+
 def _describe(model: BiRefNet) -> str:
     return f"BiRefNet {model.config.name} ({model.patch_order} patch order)"
 
@@ -64,6 +127,7 @@ SPEC = register_family(FamilySpec(
     # measured for Swin-T and Swin-L; the other backbones take the larger of the two
     activation=MeasuredActivation({"swin_v1_t": {512: 260, 1024: 718}, "swin_v1_l": {512: 324, 1024: 915}},
                                   HOW_MEASURED),
+    device_extra=device_extra,
     inputs=InputContract(size_multiple=SIZE_MULTIPLE),
     files=FILES,
     variants=tuple(VARIANTS),

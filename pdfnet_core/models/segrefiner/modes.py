@@ -11,14 +11,27 @@ float {0,1}.  ``SegRefiner.refine`` (refiner.py) handles dtype conversion and ba
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from ...memory import free_bytes
+from ...specs import HOW_MEASURED, MeasuredActivation
 from .diffusion import CallMeter, NoiseSource, UNetFn, chunk_count, chunked_loop
 
 ALL_STEPS = (5, 4, 3, 2, 1, 0)
+
+# Activation elements of one UNet sample (the official width, 128): MiB per 256² sample in fp32,
+# measured in a batch of 8.  The family spec's estimate (spec.py) and the HR patch batch below.
+SAMPLE_ACTIVATION = MeasuredActivation({None: {256: 342}}, HOW_MEASURED)
+# Room left beside the samples that fit in free memory (allocator rounding, kernels' workspaces):
+# as ComfyUI's memory manager, which frees 1.1x the memory_required it is asked for.
+FREE_MARGIN = 1.1
+
+FreeBytes = Callable[[torch.device], "int | None"]   # device -> bytes free for new tensors, None: unknown
 
 
 @dataclass(frozen=True)
@@ -178,12 +191,27 @@ def mixed_boxes(mask: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     return boxes[keep]
 
 
-def patch_batch(cfg: HRConfig, device: torch.device) -> int:
+def sample_bytes(cfg: HRConfig, dtype: torch.dtype) -> int:
+    """Activation bytes of one model_size² UNet sample in ``dtype`` (the measured estimate)."""
+    return math.ceil(SAMPLE_ACTIVATION(cfg.model_size, cfg.model_size, None) * dtype.itemsize)
+
+
+def patch_batch(cfg: HRConfig, device: torch.device, dtype: torch.dtype = torch.float32,
+                free: FreeBytes = free_bytes, reserve: int = 0) -> int:
     """Patches per UNet call.  Each patch is independent (per-sample norms), so only speed depends
     on it: on a CPU a batch's activations pass glibc's 32 MiB limit for reusing freed memory and
     every allocation faults in fresh pages, which made 4 bf16 patches a call 1.3x slower per patch
-    than one; accelerators take the official batch."""
-    return 1 if device.type == "cpu" else cfg.batch_max
+    than one.  Elsewhere as many as fit in the device's free memory (``free(device)``, less
+    ``reserve`` bytes still to be taken by weights), at the measured activation per sample in
+    ``dtype`` with a ``FREE_MARGIN``: at least 1, at most the official ``batch_max`` (also where the
+    free memory is not known)."""
+    if device.type == "cpu":
+        return 1
+    available = free(device)
+    if available is None:
+        return cfg.batch_max
+    fits = int((available - reserve) // (sample_bytes(cfg, dtype) * FREE_MARGIN))
+    return max(1, min(cfg.batch_max, fits))
 
 
 def local_logits(unet: UNetFn, image: torch.Tensor, mask: torch.Tensor, boxes: torch.Tensor,
@@ -214,11 +242,13 @@ def merge_patches(probs: torch.Tensor, mask: torch.Tensor, boxes: torch.Tensor) 
 
 def refine_hr(unet: UNetFn, image: torch.Tensor, mask: torch.Tensor, noise: NoiseSource,
                     cfg: HRConfig = HRConfig(), trace: dict | None = None,
-                    patch_unet: UNetFn | None = None, meter: CallMeter | None = None) -> torch.Tensor:
+                    patch_unet: UNetFn | None = None, meter: CallMeter | None = None,
+                    patch_dtype: torch.dtype = torch.float32, free: FreeBytes = free_bytes) -> torch.Tensor:
     """Refine one [H,W] float {0,1} mask of an image with H, W >= model_size; returns float {0,1} [H,W].
 
-    ``patch_unet`` (default ``unet``) runs the full-resolution patches, e.g. a bf16 twin of ``unet``.
-    ``meter`` counts the UNet calls: the global steps first, the patch calls once they are known.
+    ``patch_unet`` (default ``unet``) runs the full-resolution patches, e.g. a bf16 twin of ``unet``,
+    in ``patch_dtype``; ``patch_batch`` sizes their batches from ``free`` memory once the global pass
+    is done.  ``meter`` counts the UNet calls: the global steps first, the patch calls once they are known.
     """
     meter = meter or CallMeter()
     h, w = mask.shape
@@ -233,7 +263,7 @@ def refine_hr(unet: UNetFn, image: torch.Tensor, mask: torch.Tensor, noise: Nois
         trace.update(g_mask_in=g_mask, steps=steps, g_fine=fine, g_up=glob, nms_boxes=nms, patch_boxes=boxes)
     if boxes.shape[0] == 0:
         return glob
-    batch = patch_batch(cfg, image.device)
+    batch = patch_batch(cfg, image.device, patch_dtype, free)
     meter.plan(chunk_count(boxes.shape[0], batch))
     logits = local_logits(meter.counted(patch_unet or unet), image, glob, boxes, batch)
     if trace is not None:

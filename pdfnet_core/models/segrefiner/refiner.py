@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from .unet import SegRefinerNet, SegRefinerUNetConfig
 from .diffusion import CallMeter, CallProgress, NoiseInput, NoiseSource, UNetFn
-from .modes import LRConfig, HRConfig, refine_lr, refine_hr
+from .modes import FreeBytes, LRConfig, HRConfig, free_bytes, patch_batch, refine_lr, refine_hr
 
 # mmcv Normalize of the official configs (RGB order, 0..255 scale)
 MEAN = (123.675, 116.28, 103.53)
@@ -96,9 +96,15 @@ def _run_hr(model: "SegRefiner", image: torch.Tensor, mask: torch.Tensor, noise:
     if ph or pw:  # the official patch rule needs >= 256 px per side; pad, refine, crop
         image = F.pad(image, (0, pw, 0, ph), mode="replicate")
         mask = F.pad(mask, (0, pw, 0, ph))
+    patch_dtype = model.hr_config.patch_dtype or model.placement()[1]
     out = refine_hr(model.unet, image, mask.float(), noise, model.hr_config, trace=trace,
-                    patch_unet=model.unet_in(model.hr_config.patch_dtype), meter=meter)
+                    patch_unet=model.unet_in(patch_dtype), meter=meter, patch_dtype=patch_dtype, free=free_bytes)
     return out[:h, :w]
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """One device ("cuda" is the current CUDA device, taken to be any index)."""
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
 
 
 MODES: Mapping[str, Mode] = {
@@ -121,6 +127,25 @@ class SegRefiner(SegRefinerNet):
         """Where the weights are and in what precision (read off them, so it never goes stale)."""
         weight = self.denoise_model.time_embed.weight
         return weight.device, weight.dtype
+
+    def weight_bytes(self, dtype: torch.dtype | None = None) -> int:
+        """Bytes of the weights (parameters and buffers), in ``dtype`` where given."""
+        return sum(t.numel() * (dtype.itemsize if dtype is not None and t.is_floating_point() else t.element_size())
+                   for t in (*self.parameters(), *self.buffers()))
+
+    def hr_work_batch(self, device: torch.device | str | None = None, free: FreeBytes = free_bytes) -> int:
+        """The HR patch batch to ask ``device``'s memory for (the family's ``work_size``), priced in
+        the model's dtype as ``LoadedModel.activation_bytes`` prices it: ``patch_batch`` of what is
+        free there after what the refinement will still load, i.e. the weights where they are not on
+        ``device`` yet (default: where they are) and a patch twin in another precision.  The run
+        sizes its batches again from the memory then free (``refine_hr``)."""
+        here, own = self.placement()
+        device = here if device is None else torch.device(device)
+        patch = self.hr_config.patch_dtype or own
+        reserve = 0 if _same_device(device, here) else self.weight_bytes()
+        if patch != own:
+            reserve += self.weight_bytes(patch)
+        return patch_batch(self.hr_config, device, own, free, reserve)
 
     def unet_in(self, dtype: torch.dtype | None) -> UNetFn:
         """``unet`` computed in ``dtype``: this model's own when it already is (or ``dtype`` is None),
