@@ -5,13 +5,19 @@ converts each image when it reaches it and reports ``progress(done, total)`` str
 node's bar; the per-image operations (refinement, foreground) run here in chunks, so memory stays
 that of a few frames and a cancel is honoured between chunks.  Widget values become pdfnet_core
 configs.  What a node needs from ComfyUI comes in as a ``Runtime`` (``nodes.host.ComfyRuntime``
-inside ComfyUI; a fake in the tests): ``resident`` makes a model ready before each batch, and
-``progress`` is the node's bar.
+inside ComfyUI, one per node execution; a fake in the tests): ``resident`` makes a model ready before
+each batch, and ``progress`` is the node's bar.  A runtime that also knows the device's memory
+(``DeviceMemory``) gets the node's models and memory up front, for one residency call per
+execution, and sizes the batches: from each family's measured activation memory and the free memory
+on the load device, at most ``MAX_BATCH`` images (1 on a CPU, where the tuned path and the parity
+numbers assume it).  When the GPU runs out of memory the batch is halved and the run retried.
 """
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import replace
-from typing import Callable, Mapping, Protocol, Sequence
+from typing import Callable, Mapping, Protocol, Sequence, TypeVar, runtime_checkable
 
 import torch
 
@@ -19,8 +25,16 @@ from pdfnet_core import (SEGREFINER_MODES, InputError, LoadedModel, Progress, Re
                          batch_pair, check_image, check_mask, check_same_size, estimate_depth, estimate_foreground,
                          normalize_depth, refine_mask, refine_with_segrefiner, segment, segmenter, temporal_smooth)
 
+log = logging.getLogger(__name__)
+
 # Images per chunk of the per-image operations (refinement, foreground colours).
 IMAGE_CHUNK = 8
+# The most images per forward pass on a GPU (the memory estimate decides below that).
+MAX_BATCH = 16
+# What segment() runs the depth prior at: Depth-Anything-V2's short side, images per batch
+# (pdfnet_core.depth's defaults; here only for the memory estimate).
+DEPTH_INPUT_SIZE = 518
+DEPTH_PRIOR_BATCH = 4
 
 
 # --------------------------------------------------------------------------------------------
@@ -66,6 +80,87 @@ class Runtime(Protocol):
         """The node's progress bar, as pdfnet_core's ``progress(done, total)`` (raises when the user cancels)."""
 
 
+@runtime_checkable
+class DeviceMemory(Protocol):
+    """What a runtime may also know of the device (``nodes.host.ComfyRuntime`` does; the fakes of
+    the older tests do not, and get batches of 1 and a residency call per batch)."""
+
+    def activation_budget(self, models: Sequence[torch.nn.Module]) -> tuple[torch.device, int] | None:
+        """(load device, bytes free there for activations once ``models`` are loaded), None on a CPU."""
+
+    def will_run(self, models: Sequence[torch.nn.Module], memory_required: int) -> None:
+        """The models this execution runs and the activation memory of its largest batch: the first
+        ``resident`` makes them all resident at once."""
+
+    def free_cached_memory(self) -> None:
+        """After an out-of-memory error: cached allocator blocks back to the device."""
+
+
+def batch_for(per_image: int, free: int, images: int, cap: int = MAX_BATCH) -> int:
+    """Images per forward pass: as many as ``free`` bytes hold at ``per_image`` each, 1 to ``cap``,
+    never more than there are images."""
+    fits = free // per_image if per_image > 0 else cap
+    return max(1, min(cap, images, fits))
+
+
+def depth_side(height: int, width: int, input_size: int = DEPTH_INPUT_SIZE) -> tuple[int, int]:
+    """Depth-Anything-V2's network size for an image, rounded up (an upper bound for the memory
+    estimate: the short side to ``input_size``, each side up to a multiple of 14)."""
+    scale = input_size / max(1, min(height, width))
+    return (math.ceil(height * scale / 14) * 14, math.ceil(width * scale / 14) * 14)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A GPU out-of-memory error (torch.OutOfMemoryError, i.e. torch.cuda.OutOfMemoryError), matched
+    by name so no CUDA is needed to tell."""
+    return any(cls.__name__ == "OutOfMemoryError" for cls in type(exc).__mro__)
+
+
+def _out_of_memory(exc: BaseException, message: str) -> BaseException:
+    # The same type, so ComfyUI still recognises it (it unloads its models after an OOM).
+    try:
+        return type(exc)(message)
+    except Exception:
+        return RuntimeError(message)
+
+
+R = TypeVar("R")
+
+
+def run_in_batches(run: Callable[[int], R], batch: int, runtime: Runtime, what: str, advice: str) -> R:
+    """``run(batch)``; when the GPU runs out of memory, the batch is halved and ``run`` retried after
+    the allocator's cache is freed (one log line each time); at batch 1 the error is raised again
+    with ``advice``.  A batch does not change the results (pdfnet_core's batch invariance).  The
+    retry runs the whole call again: the images of one ComfyUI IMAGE batch share one size, so every
+    forward pass has the first one's shape and an out-of-memory error comes at the first (or not at
+    all, short of another process taking memory meanwhile)."""
+    while True:
+        try:
+            return run(batch)
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            if batch <= 1:
+                raise _out_of_memory(exc, f"{what}: out of GPU memory at batch 1. {advice}") from exc
+            smaller = max(1, batch // 2)
+            log.warning("%s: out of GPU memory at batch %d; retrying at batch %d", what, batch, smaller)
+        # Outside the except block: the failed run's frames (and their tensors) are gone by now.
+        if isinstance(runtime, DeviceMemory):
+            runtime.free_cached_memory()
+        batch = smaller
+
+
+class _Forward:
+    """A progress callback that never goes back (a retried run reports from the start again)."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress, self.done = progress, 0
+
+    def __call__(self, done: int, total: int) -> None:
+        self.done = max(self.done, done)
+        self.progress(self.done, total)
+
+
 def _chunks(n: int, size: int) -> list[slice]:
     return [slice(i, min(n, i + size)) for i in range(0, n, max(1, size))]
 
@@ -80,7 +175,9 @@ def segment_images(image: torch.Tensor, model, options: SegmentOptions, runtime:
 
     A model that needs no depth (BiRefNet) ignores ``depth`` and ``depth_model``.  For PDFNet: with
     ``depth`` the depth model is not used; without it ``segment`` computes the prior with
-    ``depth_model`` (progress then counts both model runs).
+    ``depth_model`` (progress then counts both model runs).  With a ``DeviceMemory`` runtime the
+    batch is sized to the free GPU memory (``options.batch_size`` on a CPU) and halved on an
+    out-of-memory error.
     """
     net = segmenter_of(model)
     if not net.spec.inputs.needs_depth:
@@ -90,9 +187,38 @@ def segment_images(image: torch.Tensor, model, options: SegmentOptions, runtime:
     elif depth_model is None:
         raise InputError("PDFNet needs depth: connect a Depth-Anything-V2 model (Load Depth-Anything-V2) to "
                          "'depth_model', or a depth map to 'depth'")
-    masks = segment(image, depth, net, options=options, depth_model=depth_model, name="image",
-                    progress=runtime.progress(image.shape[0]), before_run=runtime.resident)
+    n = image.shape[0] if image.ndim == 4 else 1
+    depth_net = as_loaded(depth_model, "depth_model") if depth is None and depth_model is not None else None
+    batch = _plan_segment(runtime, net, depth_net, options, n, image.shape[-3], image.shape[-2])
+    bar = _Forward(runtime.progress(n))
+
+    def run(size: int) -> list[torch.Tensor]:
+        return segment(image, depth, net, options=replace(options, batch_size=size), depth_model=depth_model,
+                       name="image", progress=bar, before_run=runtime.resident)
+
+    masks = run_in_batches(run, batch, runtime, "PDFNet Segment",
+                           "Free GPU memory (other models, other programs), lower 'resolution', turn 'tta' off, or "
+                           "load the models in bf16 or fp16.")
     return torch.stack(masks)
+
+
+def _plan_segment(runtime: Runtime, net: LoadedModel, depth_net: LoadedModel | None, options: SegmentOptions,
+                  images: int, height: int, width: int) -> int:
+    """The segmenter's batch, and (with a DeviceMemory runtime) the execution's models and memory."""
+    if not isinstance(runtime, DeviceMemory):
+        return options.batch_size
+    models = [net.module] + ([] if depth_net is None else [depth_net.module])
+    budget = runtime.activation_budget(models)
+    device = None if budget is None else budget[0]
+    side = options.network_side(net.spec.inputs.size_multiple)
+    batch = options.batch_size if budget is None else \
+        batch_for(net.activation_bytes(side, 1, device=device), budget[1], images)
+    memory = net.activation_bytes(side, batch, device=device)
+    if depth_net is not None:   # the depth prior runs before the segmenter, not beside it
+        memory = max(memory, depth_net.activation_bytes(depth_side(height, width), min(DEPTH_PRIOR_BATCH, images),
+                                                        device=device))
+    runtime.will_run(models, memory)
+    return batch
 
 
 def _per_image(maps: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -112,11 +238,32 @@ DEPTH_NORMALISATIONS: Mapping[str, Callable[[Sequence[torch.Tensor]], torch.Tens
 
 def estimate_depth_images(image: torch.Tensor, depth_model, runtime: Runtime, *, normalization: str = "per_image",
                           input_size: int = 518) -> torch.Tensor:
-    """Depth [B,H,W] in 0..1, near = 1, normalised per image or over the batch."""
+    """Depth [B,H,W] in 0..1, near = 1, normalised per image or over the batch.
+
+    With a ``DeviceMemory`` runtime the batch is sized to the free GPU memory (estimate_depth's
+    default on a CPU) and halved on an out-of-memory error."""
     if normalization not in DEPTH_NORMALISATIONS:
         raise InputError(f"normalization must be one of {sorted(DEPTH_NORMALISATIONS)}, got {normalization!r}")
-    raw = estimate_depth(image, depth_model, input_size=input_size, progress=runtime.progress(image.shape[0]),
-                         name="image", before_run=runtime.resident)
+    n = image.shape[0] if image.ndim == 4 else 1
+    batch = None
+    if isinstance(runtime, DeviceMemory):
+        net = as_loaded(depth_model, "the depth model")   # estimate_depth's name for it
+        budget = runtime.activation_budget([net.module])
+        device = None if budget is None else budget[0]
+        side = depth_side(image.shape[-3], image.shape[-2], input_size)
+        if budget is not None:
+            batch = batch_for(net.activation_bytes(side, 1, device=device), budget[1], n)
+        runtime.will_run([net.module], net.activation_bytes(side, batch or min(DEPTH_PRIOR_BATCH, n), device=device))
+    bar = _Forward(runtime.progress(n))
+
+    def run(size: int | None) -> list[torch.Tensor]:
+        sizing = {} if size is None else {"batch_size": size}
+        return estimate_depth(image, depth_model, input_size=input_size, progress=bar, name="image",
+                              before_run=runtime.resident, **sizing)
+
+    raw = run(None) if batch is None else run_in_batches(
+        run, batch, runtime, "PDFNet Depth Estimate",
+        "Free GPU memory (other models, other programs), lower 'input_size', or load the model in bf16 or fp16.")
     return DEPTH_NORMALISATIONS[normalization](raw)
 
 

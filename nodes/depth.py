@@ -36,7 +36,8 @@ class PDFNetDepthEstimate(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, depth_model, normalization, input_size) -> io.NodeOutput:
-        depth = estimate_depth_images(image, depth_model, host.RUNTIME, normalization=normalization,
+        # A runtime per execution: one residency call, batches sized to the free memory.
+        depth = estimate_depth_images(image, depth_model, host.ComfyRuntime(), normalization=normalization,
                                       input_size=input_size)
         return io.NodeOutput(host.to_output(depth), host.to_output(depth[..., None].expand(-1, -1, -1, 3)))
 

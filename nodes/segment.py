@@ -95,7 +95,8 @@ class PDFNetSegment(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, pdfnet_model, resolution, resize, tta, depth_model=None, depth=None) -> io.NodeOutput:
-        masks = segment_images(image, pdfnet_model, _options(resolution, resize, tta), host.RUNTIME,
+        # A runtime per execution: one residency call for its models, batches sized to the free memory.
+        masks = segment_images(image, pdfnet_model, _options(resolution, resize, tta), host.ComfyRuntime(),
                                depth_model=depth_model, depth=depth)
         cutout = premultiply(image[..., :3].to(masks.device, masks.dtype), masks)
         return io.NodeOutput(host.to_output(masks), host.to_output(cutout))

@@ -50,7 +50,8 @@ class PDFNetSegRefine(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, mask, segrefiner_model, mode, seed) -> io.NodeOutput:
-        refined = segrefiner_images(image, mask, segrefiner_model, mode, seed, host.RUNTIME)
+        # A runtime per execution: one residency call for all its images.
+        refined = segrefiner_images(image, mask, segrefiner_model, mode, seed, host.ComfyRuntime())
         return io.NodeOutput(host.to_output(refined))
 
 

@@ -337,19 +337,56 @@ class Interrupted(Exception):
 
 @pytest.fixture()
 def comfy(monkeypatch, tmp_path):
-    """Stand-ins for folder_paths and comfy.{model_management, model_patcher, utils}."""
-    calls: dict[str, list] = {"load_models_gpu": [], "bars": [], "detached": []}
-    state = types.SimpleNamespace(bf16=False, interrupted=False, calls=calls)
+    """Stand-ins for folder_paths and comfy.{model_management, model_patcher, utils}.
+
+    The memory manager keeps the bookkeeping of ComfyUI 0.33's: ``load_models_gpu`` takes each
+    patcher out of ``current_loaded_models``, loads it fully and lists it first; the plain
+    ModelPatcher's ``partially_load`` moves nothing while the model is still fully loaded on the
+    load device.  ``state.unload(patcher, partly=False)`` is ComfyUI offloading it to make room.
+    A load device other than the offload device is simulated by a dtype: with ``state.load_dtype``
+    set, loading converts the module to it and offloading converts it back to ``offload_dtype``;
+    ``calls["uploads"]`` counts the loads that moved weights.  Set ``state.load_device`` to a
+    non-CPU device (no CUDA needed: nothing is placed there) for ComfyRuntime's batch sizing, with
+    ``state.free_memory`` what ``get_free_memory`` reports.
+    """
+    calls: dict[str, list] = {"load_models_gpu": [], "bars": [], "detached": [], "uploads": [], "empty_cache": []}
+    state = types.SimpleNamespace(bf16=False, interrupted=False, calls=calls, load_device=torch.device("cpu"),
+                                  load_dtype=None, offload_dtype=torch.float32, free_memory=8 << 30, reserved=0)
 
     mm = types.ModuleType("comfy.model_management")
-    mm.get_torch_device = lambda: torch.device("cpu")
+    mm.current_loaded_models = []
+    mm.get_torch_device = lambda: state.load_device
     mm.unet_offload_device = lambda: torch.device("cpu")
     mm.intermediate_device = lambda: torch.device("cpu")
     mm.intermediate_dtype = lambda: torch.float16
     mm.should_use_bf16 = lambda device=None, prioritize_performance=True: state.bf16
     mm.should_use_fp16 = lambda device=None, prioritize_performance=True: False
-    mm.load_models_gpu = lambda models, memory_required=0, force_full_load=False: calls["load_models_gpu"].append(
-        (models, memory_required, force_full_load))
+    mm.is_device_cpu = lambda device: torch.device(device).type == "cpu"
+    mm.get_free_memory = lambda dev=None, torch_free_too=False: state.free_memory
+    mm.extra_reserved_memory = lambda: state.reserved
+    mm.soft_empty_cache = lambda force=False: calls["empty_cache"].append(force)
+
+    class LoadedModel:
+        def __init__(self, patcher):
+            self.model = patcher
+
+    def load_models_gpu(models, memory_required=0, force_patch_weights=False, minimum_memory_required=None,
+                        force_full_load=False):
+        calls["load_models_gpu"].append((models, memory_required, force_full_load))
+        for patcher in models:
+            mm.current_loaded_models[:] = [lm for lm in mm.current_loaded_models if lm.model is not patcher]
+            patcher.partially_load(patcher.load_device, 1e32)
+            mm.current_loaded_models.insert(0, LoadedModel(patcher))
+    mm.load_models_gpu = load_models_gpu
+
+    def unload(patcher, partly=False):
+        """ComfyUI's free_memory making room: LoadedModel.model_unload, whole or partial."""
+        if partly:
+            patcher.partially_unload(patcher.offload_device, 1)
+            return
+        mm.current_loaded_models[:] = [lm for lm in mm.current_loaded_models if lm.model is not patcher]
+        patcher.offload()
+    state.unload = unload
 
     def throw():
         if state.interrupted:
@@ -359,11 +396,50 @@ def comfy(monkeypatch, tmp_path):
     mp = types.ModuleType("comfy.model_patcher")
 
     class Patcher:
-        def __init__(self, model, load_device, offload_device):
-            self.model, self.load_device, self.offload_device = model, load_device, offload_device
+        """ComfyUI's plain ModelPatcher as far as residency goes."""
 
-        def detach(self):
+        def __init__(self, model, load_device, offload_device, size=0, weight_inplace_update=False):
+            self.model, self.load_device, self.offload_device = model, load_device, offload_device
+            self.loaded, self.device = 0, offload_device
+
+        def model_size(self):
+            return sum(t.nbytes for t in self.model.state_dict().values())
+
+        def loaded_size(self):
+            return self.loaded
+
+        def current_loaded_device(self):
+            return self.device
+
+        def is_dynamic(self):
+            return False
+
+        def partially_load(self, device_to, extra_memory=0, force_patch_weights=False):
+            if self.device == device_to and self.loaded == self.model_size():
+                return 0   # ModelPatcher.partially_load: loaded completely already, nothing moves
+            if state.load_dtype is not None:
+                self.model.to(state.load_dtype)
+            calls["uploads"].append(self)
+            self.loaded, self.device = self.model_size(), device_to
+            return self.loaded
+
+        def partially_unload(self, device_to, memory_to_free=0, force_patch_weights=False):
+            param = next(iter(self.model.parameters()))   # the plain module's first weights go back
+            freed = param.nbytes
+            if state.load_dtype is not None:
+                param.data = param.data.to(state.offload_dtype)
+            self.loaded -= freed
+            return freed
+
+        def offload(self):
+            if state.load_dtype is not None:
+                self.model.to(state.offload_dtype)
+            self.loaded, self.device = 0, self.offload_device
+
+        def detach(self, unpatch_all=True):
             calls["detached"].append(self)
+            if unpatch_all:
+                self.offload()
     mp.ModelPatcher = Patcher
     mp.CoreModelPatcher = type("CorePatcher", (Patcher,), {})
 
