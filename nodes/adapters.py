@@ -8,9 +8,10 @@ configs.  What a node needs from ComfyUI comes in as a ``Runtime`` (``nodes.host
 inside ComfyUI, one per node execution; a fake in the tests): ``resident`` makes a model ready before
 each batch, and ``progress`` is the node's bar.  A runtime that also knows the device's memory
 (``DeviceMemory``) gets the node's models and memory up front, for one residency call per
-execution, and sizes the batches: from each family's measured activation memory and the free memory
-on the load device, at most ``MAX_BATCH`` images (1 on a CPU, where the tuned path and the parity
-numbers assume it).  When the GPU runs out of memory the batch is halved and the run retried.
+execution, and sizes the batches from each family's measured activation memory and the free memory
+on the load device by the CLI's rule, ``pdfnet_core.fitting_batch`` (1 on a CPU, where the tuned
+path and the parity numbers assume it).  When the GPU runs out of memory, the batch is halved and the
+run retried.
 """
 from __future__ import annotations
 
@@ -23,14 +24,13 @@ import torch
 
 from pdfnet_core import (SEGREFINER_MODES, InputError, LoadedModel, Progress, RefineConfig, SegmentOptions, as_loaded,
                          batch_pair, check_image, check_mask, check_same_size, estimate_depth, estimate_foreground,
-                         normalize_depth, refine_mask, refine_with_segrefiner, segment, segmenter, temporal_smooth)
+                         fitting_batch, normalize_depth, refine_mask, refine_with_segrefiner, segment, segmenter,
+                         temporal_smooth)
 
 log = logging.getLogger(__name__)
 
 # Images per chunk of the per-image operations (refinement, foreground colours).
 IMAGE_CHUNK = 8
-# The most images per forward pass on a GPU (the memory estimate decides below that).
-MAX_BATCH = 16
 # What segment() runs the depth prior at: Depth-Anything-V2's short side, images per batch
 # (pdfnet_core.depth's defaults; here only for the memory estimate).
 DEPTH_INPUT_SIZE = 518
@@ -94,13 +94,6 @@ class DeviceMemory(Protocol):
 
     def free_cached_memory(self) -> None:
         """After an out-of-memory error: cached allocator blocks back to the device."""
-
-
-def batch_for(per_image: int, free: int, images: int, cap: int = MAX_BATCH) -> int:
-    """Images per forward pass: as many as ``free`` bytes hold at ``per_image`` each, 1 to ``cap``,
-    never more than there are images."""
-    fits = free // per_image if per_image > 0 else cap
-    return max(1, min(cap, images, fits))
 
 
 def depth_side(height: int, width: int, input_size: int = DEPTH_INPUT_SIZE) -> tuple[int, int]:
@@ -212,7 +205,7 @@ def _plan_segment(runtime: Runtime, net: LoadedModel, depth_net: LoadedModel | N
     device = None if budget is None else budget[0]
     side = options.network_side(net.spec.inputs.size_multiple)
     batch = options.batch_size if budget is None else \
-        batch_for(net.activation_bytes(side, 1, device=device), budget[1], images)
+        fitting_batch(net.activation_bytes(side, 1, device=device), budget[1], images=images)
     memory = net.activation_bytes(side, batch, device=device)
     if depth_net is not None:   # the depth prior runs before the segmenter, not beside it
         memory = max(memory, depth_net.activation_bytes(depth_side(height, width), min(DEPTH_PRIOR_BATCH, images),
@@ -252,7 +245,7 @@ def estimate_depth_images(image: torch.Tensor, depth_model, runtime: Runtime, *,
         device = None if budget is None else budget[0]
         side = depth_side(image.shape[-3], image.shape[-2], input_size)
         if budget is not None:
-            batch = batch_for(net.activation_bytes(side, 1, device=device), budget[1], n)
+            batch = fitting_batch(net.activation_bytes(side, 1, device=device), budget[1], images=n)
         runtime.will_run([net.module], net.activation_bytes(side, batch or min(DEPTH_PRIOR_BATCH, n), device=device))
     bar = _Forward(runtime.progress(n))
 
@@ -321,6 +314,19 @@ class UNetCallBar:
         self.progress(self.done, self.total)
 
 
+def _segrefiner_memory(net: LoadedModel, runtime: Runtime) -> int:
+    """The memory of SegRefiner's largest UNet call on the device it will run on.
+
+    Asked before the model is resident: until then its weights sit on the offload device (the
+    CPU), where the patch batch is the official 32 (10.7 GiB in fp32), so the load device comes from
+    the runtime, not from the weights."""
+    device = None
+    if isinstance(runtime, DeviceMemory):
+        budget = runtime.activation_budget([net.module])
+        device = None if budget is None else budget[0]
+    return net.activation_bytes(*net.spec.work_size(net.module, device), device=device)
+
+
 def segrefiner_images(image: torch.Tensor, mask: torch.Tensor, model, mode: str, seed: int,
                      runtime: Runtime) -> torch.Tensor:
     """SegRefiner over a batch, one image at a time: binary masks [B,H,W] (foreground = 1).
@@ -338,7 +344,7 @@ def segrefiner_images(image: torch.Tensor, mask: torch.Tensor, model, mode: str,
     check_same_size(image, mask, "image", "mask", "connect the mask made from this image (same size)")
     n = batch_pair(image.shape[0], mask.shape[0], "image", "mask")
     bar = UNetCallBar(runtime.progress(n), n)
-    memory = net.activation_bytes(*net.spec.work_size(net.module))
+    memory = _segrefiner_memory(net, runtime)
     out = []
     for i in range(n):
         runtime.resident(net.module, memory)

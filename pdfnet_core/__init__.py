@@ -42,6 +42,7 @@ _export("pdfnet_core.defaults", "default_model", "default_model_path", "models_d
 _export("pdfnet_core.pipeline", "segment", "segmenter")
 _export("pdfnet_core.segment_options", "SegmentOptions", "RESIZE_MODES")
 _export("pdfnet_core.depth", "estimate_depth", "depth_prior", "normalize_depth")
+_export("pdfnet_core.memory", "fitting_batch", "free_bytes")
 # tensor operations
 _export("pdfnet_core.ops.checks", "InputError", "InputTypeError", "check_image", "check_mask", "check_same_size",
         "batch_pair")

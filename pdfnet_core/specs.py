@@ -179,9 +179,9 @@ class FamilySpec:
     describe: Callable[[nn.Module], str] | None = None
     options: tuple[LoaderOption, ...] = ()
     segment: SegmentFn | None = None           # how segment() runs it; None: not a segmenter
-    # (network side, batch) of the largest call when the family's own algorithm picks them
-    # (SegRefiner's batches of 256² patches); None: the caller says.
-    work_size: Callable[[nn.Module], "tuple[int, int]"] | None = None
+    # (network side, batch) of the largest call on a device (None: where the weights are) when the
+    # family's own algorithm picks them (SegRefiner's batches of 256² patches); None: the caller says.
+    work_size: Callable[[nn.Module, torch.device | None], tuple[int, int]] | None = None
     # Where 'auto' precision may pick a half type (if the device runs it well); empty: always fp32.
     auto_dtypes: tuple[torch.dtype, ...] = (torch.bfloat16,)
     # Activation bytes per image that a device other than the CPU adds (BiRefNet: torchvision's

@@ -12,7 +12,9 @@ a real ComfyUI on a GPU is tests/comfy/test_comfy_gpu_path.py.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import sys
 
 import pytest
@@ -21,6 +23,7 @@ import torch
 from nodes import adapters as ad
 from pdfnet_core import LoadedModel, SegmentOptions, segment
 from pdfnet_core.cache import MemoryIdentity
+from pdfnet_core.memory import HEADROOM, MAX_BATCH, fitting_batch
 from test_nodes import DEPTH_SPEC, PDFNET_SPEC, FakeDepth, FakePDFNet, comfy, images  # noqa: F401  (a fixture)
 
 OFFLOAD_DTYPE = torch.float64       # the simulated offload device (where the loader builds models)
@@ -110,7 +113,8 @@ def free_for(state, net: LoadedModel, dam: LoadedModel, batch: int, size: int = 
     """What get_free_memory must report for ``batch`` images of the segmenter to fit beside both models."""
     per_image = net.activation_bytes(size, 1, device=GPU)
     weights = sum(t.nbytes for m in (net, dam) for t in m.module.state_dict().values())
-    return batch * per_image + weights + state.reserved
+    # fitting_batch's rule: the batch's activations within HEADROOM of what is free for them
+    return math.ceil(batch * per_image / HEADROOM) + weights + state.reserved
 
 
 # --------------------------------------------------------------------------------------------
@@ -254,6 +258,28 @@ def test_depth_estimate_and_segrefine_make_one_residency_call(gpu):
     assert out.shape == (3, 20, 24) and len(gpu.calls["load_models_gpu"]) == 2 and uploads(gpu, refiner) == 1
 
 
+def test_segrefine_asks_for_the_memory_of_the_load_device_before_residency(gpu):
+    """Until load_models_gpu runs, SegRefiner's weights sit on the offload device, where its
+    work size is the official 32-patch batch (10.7 GiB in fp32): the request is priced for the load
+    device instead."""
+    from nodes import host
+    from test_nodes_families import SEGREFINER_SPEC, FakeSegRefiner
+
+    asked = []
+
+    def work_size(model, device=None):
+        asked.append(None if device is None else torch.device(device))
+        return (256, 32) if device is None or torch.device(device).type == "cpu" else (256, 2)
+
+    spec = dataclasses.replace(SEGREFINER_SPEC, work_size=work_size)
+    refiner = cached(gpu, "segrefiner", FakeSegRefiner(), spec)
+    want, official = (refiner.activation_bytes(256, batch, device=GPU) for batch in (2, 32))
+    ad.segrefiner_images(images(2, 20, 24), torch.ones(1, 20, 24), refiner, "hr", 0, host.ComfyRuntime())
+    assert asked == [GPU]
+    (_, memory, _), = gpu.calls["load_models_gpu"]
+    assert memory == want < official
+
+
 def ad_runtime():
     from test_nodes import FakeRuntime
 
@@ -265,10 +291,10 @@ def ad_runtime():
 
 
 def test_the_batch_fits_the_free_memory_up_to_sixteen_and_the_image_count():
-    assert ad.batch_for(100, 350, 10) == 3
-    assert ad.batch_for(100, 50, 10) == 1                   # never below 1
-    assert ad.batch_for(100, 10**9, 40) == ad.MAX_BATCH == 16
-    assert ad.batch_for(100, 10**9, 5) == 5
+    assert fitting_batch(100, 350, images=10) == 2          # HEADROOM: 280 bytes of the 350
+    assert fitting_batch(100, 50, images=10) == 1           # never below 1
+    assert fitting_batch(100, 10**9, images=40) == MAX_BATCH == 16
+    assert fitting_batch(100, 10**9, images=5) == 5
     assert ad.depth_side(40, 56) == (518, 728) and ad.depth_side(518, 518) == (518, 518)
 
 

@@ -45,7 +45,7 @@ class FakeSegRefiner(nn.Module):
 
 BIREFNET_SPEC = dataclasses.replace(family("birefnet"), module_type=FakeBiRefNet)
 SEGREFINER_SPEC = dataclasses.replace(family("segrefiner"), module_type=FakeSegRefiner,
-                                      work_size=lambda model: (256, 32))
+                                      work_size=lambda model, device=None: (256, 32))
 
 
 def fake_birefnet() -> LoadedModel:

@@ -309,7 +309,12 @@ class BiRefNet(nn.Module):
 
 
 def check_image(image: torch.Tensor, multiple: int) -> None:
-    """Clear errors for the mistakes that otherwise surface deep inside torch."""
+    """Clear errors for the mistakes that otherwise surface deep inside torch.
+
+    Values (NaN, inf) are checked on CPU tensors only: on a GPU the check would wait for the device
+    and read its answer back (a host sync in every forward); ``segment()`` checks each image on the
+    host when it converts it.
+    """
     if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[1] != 3:
         raise ValueError(f"image must be a [B,3,H,W] tensor (ImageNet-normalised RGB), got "
                          f"{list(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__}")
@@ -317,5 +322,5 @@ def check_image(image: torch.Tensor, multiple: int) -> None:
     if h == 0 or w == 0 or h % multiple or w % multiple:
         raise ValueError(f"BiRefNet needs height and width that are multiples of {multiple} (its finest patch "
                          f"grid is 32 x 32); got {h}x{w}. pdfnet_core.segment() resizes any image.")
-    if not torch.isfinite(image).all():
+    if image.is_cpu and not torch.isfinite(image).all():
         raise ValueError("image contains NaN or inf values")

@@ -1,11 +1,21 @@
 """Small building blocks shared by the models: norms, gated MLP, resizing with exact taps."""
 from __future__ import annotations
 
+import functools
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ...ops.images import resize_bilinear
+
+# Work that can be split is split on the CPU so that its temporaries stay under glibc's 32 MiB limit
+# for reusing freed memory (docs/ARCHITECTURE.md).  A GPU's caching allocator reuses blocks of any
+# size and every chunk there is another round of kernel launches, so on other devices a chunk's
+# largest temporary may take up to this many bytes: a usual batch runs in one piece, a huge one
+# still in bounded pieces.
+DEVICE_CHUNK_BYTES = 1 << 30
 
 
 class RMSNorm(nn.Module):
@@ -107,45 +117,72 @@ def resize_like(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return resize(x, like.shape[-2:])
 
 
+def _taps_ratio(n_in: int, n_out: int) -> float:
+    """PyTorch's float32 scale (n_in - 1) / (n_out - 1) of an align_corners=True resize, as a Python float."""
+    return float(np.float32(n_in - 1) / np.float32(n_out - 1)) if n_out > 1 else 0.0
+
+
 def linear_taps(n_in: int, n_out: int, device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Source indices and weights of a 1-D align_corners=True linear resize.
 
     Reproduces PyTorch's own index arithmetic (float32 ratio, floor, clamp), so resizing a band of
-    rows with these taps gives the rows a full-image ``resize`` would give.
+    rows with these taps gives the rows a full-image ``resize`` would give.  Computed on ``device``
+    from the sizes alone (nothing is copied from the host, nothing read back).
     Returns (i0, i1, w1): out = x[i0] * (1 - w1) + x[i1] * w1.
     """
     dst = torch.arange(n_out, dtype=torch.float32, device=device)
     if n_out == n_in:
         idx = dst.long()
         return idx, idx, torch.zeros_like(dst)
-    ratio = (torch.tensor(float(n_in - 1)) / torch.tensor(float(n_out - 1))).item() if n_out > 1 else 0.0
-    src = dst * torch.tensor(ratio, dtype=torch.float32, device=device)
+    src = dst * _taps_ratio(n_in, n_out)   # a float32 tensor times a float32-exact scalar: float32 products
     i0 = src.floor().long().clamp_(max=n_in - 1)
     w1 = (src - i0).clamp_(0, 1)
     i1 = torch.where(i0 < n_in - 1, i0 + 1, i0)
     return i0, i1, w1
 
 
+@functools.lru_cache(maxsize=64)
+def host_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """(i0, i1) of ``linear_taps`` as read-only int64 numpy arrays, for bookkeeping in Python ints.
+
+    The same float32 arithmetic in numpy, so a caller can decide which rows exist without reading
+    device memory.  Both are non-decreasing.
+    """
+    if n_out == n_in:
+        idx = np.arange(n_out, dtype=np.int64)
+        i0 = i1 = idx
+    else:
+        src = np.arange(n_out, dtype=np.float32) * np.float32(_taps_ratio(n_in, n_out))
+        i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+        i1 = np.where(i0 < n_in - 1, i0 + 1, i0)
+    for a in (i0, i1):
+        a.flags.writeable = False
+    return i0, i1
+
+
 def resize_rows(x: torch.Tensor, n_out: int, rows: slice, width: int, n_in: int | None = None,
-                offset: int = 0) -> torch.Tensor:
+                offset: int = 0, taps: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Rows ``rows`` of ``resize(source, (n_out, width))``, computed from the source rows they need.
 
     ``x`` holds source rows ``[offset, offset + x.shape[-2])`` of a source with ``n_in`` rows
-    (default: ``x`` is the whole source).
+    (default: ``x`` is the whole source).  ``taps``: ``linear_taps(n_in, n_out, x.device)`` when the
+    caller already has them (a caller resizing band after band computes them once).
     """
     n_in = x.shape[-2] if n_in is None else n_in
-    i0, i1, w1 = linear_taps(n_in, n_out, x.device)
-    i0, i1, w1 = i0[rows] - offset, i1[rows] - offset, w1[rows].to(x.dtype)
-    if int(i0.min()) < 0 or int(i1.max()) >= x.shape[-2]:
+    h0, h1 = host_taps(n_in, n_out)
+    lo, hi = int(h0[rows].min()) - offset, int(h1[rows].max()) - offset
+    if lo < 0 or hi >= x.shape[-2]:
         raise IndexError("resize_rows: the source rows needed are not all present")
-    lo = int(i0.min())
-    src = x[..., lo:int(i1.max()) + 1, :]
+    i0, i1, w1 = taps if taps is not None else linear_taps(n_in, n_out, x.device)
+    first = offset + lo   # source row of src's first row
+    i0, i1, w1 = i0[rows] - first, i1[rows] - first, w1[rows].to(x.dtype)
+    src = x[..., lo:hi + 1, :]
     if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
         # channels-last in, channels-last out: pick rows of the NHWC view, so that neither this
         # nor the caller's next elementwise step and convolution converts the layout
         nhwc = src.permute(0, 2, 3, 1)
-        band = torch.lerp(nhwc.index_select(1, i0 - lo), nhwc.index_select(1, i1 - lo), w1[:, None, None])
+        band = torch.lerp(nhwc.index_select(1, i0), nhwc.index_select(1, i1), w1[:, None, None])
         band = band.permute(0, 3, 1, 2)
     else:
-        band = torch.lerp(src.index_select(-2, i0 - lo), src.index_select(-2, i1 - lo), w1[:, None])
+        band = torch.lerp(src.index_select(-2, i0), src.index_select(-2, i1), w1[:, None])
     return resize(band, (band.shape[-2], width))

@@ -17,15 +17,22 @@ Tensors stay channels-last ([N, H, W, C]) inside the backbone; stage outputs are
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers import DEVICE_CHUNK_BYTES
+
 # The official shifted-window mask uses -100 rather than -inf; after softmax both give exact zeros
 # in float32, but -100 keeps fully padded rows finite in low precision.
 _MASK_VALUE = -100.0
+
+# dtype -> a window attention's mask in that dtype (the dtype of its q/k/v: autocast may choose it)
+BiasFn = Callable[[torch.dtype], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -106,29 +113,33 @@ class WindowAttention(nn.Module):
     def init_constants(self) -> None:
         self.relative_position_index = relative_position_index(self.window)
 
-    def forward(self, qkv: torch.Tensor, plan: "WindowPlan") -> torch.Tensor:
-        """qkv [N, T+1, 3C]: the projected tokens and, last, the projected zero token of the padding.
-
-        Returns the heads concatenated [N, T, C] in token order, before ``proj``.
-        """
-        n, t1, c3 = qkv.shape
-        heads, d = self.num_heads, c3 // (3 * self.num_heads)
+    def bias(self, plan: "WindowPlan", dtype: torch.dtype) -> torch.Tensor:
+        """The attention mask of ``plan``: relative-position bias (+ shift mask), in ``dtype``."""
         table = self.relative_position_bias_table
+        return (plan.single_bias(table) if plan.single else plan.window_bias(table)).to(dtype)
+
+    def forward(self, qkv: torch.Tensor, n: int, plan: "WindowPlan", bias: BiasFn | None = None) -> torch.Tensor:
+        """qkv [N*(T+1), 3C]: each map's projected tokens and, last, the projected zero token of the padding.
+
+        ``bias(dtype)``: ``self.bias(plan, dtype)`` from where the caller keeps it.
+        Returns the heads concatenated [N*T, C] in token order, before ``proj``.
+        """
+        t1, c3 = qkv.shape[0] // n, qkv.shape[1]
+        heads, d = self.num_heads, c3 // (3 * self.num_heads)
+        mask = self.bias(plan, qkv.dtype) if bias is None else bias(qkv.dtype)
         if plan.single:
             # [N, T+1, 3, heads, d] viewed as [N, heads, T(+1), d]: the fused CPU kernel reads strides
             parts = qkv.view(n, t1, 3, heads, d).permute(2, 0, 3, 1, 4)
             q, k, v = parts[0, :, :, :-1], parts[1], parts[2]
             if plan.pad_index is None:
                 k, v = k[:, :, :-1], v[:, :, :-1]
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=plan.single_bias(table).to(q.dtype),
-                                                 scale=self.scale)
-            return out.transpose(1, 2).reshape(n, t1 - 1, c3 // 3)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+            return out.transpose(1, 2).reshape(n * (t1 - 1), c3 // 3)
         rows = qkv.reshape(-1, d).index_select(0, plan.rows_in)
         q, k, v = rows.view(3, plan.batch, -1, plan.length, d).unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=plan.window_bias(table).to(q.dtype),
-                                             scale=self.scale)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
         # [B, L, H, d] rows (the CPU kernel's own output layout, so usually no copy) back to token order
-        return out.transpose(1, 2).reshape(-1, d).index_select(0, plan.rows_out).view(n, t1 - 1, c3 // 3)
+        return out.transpose(1, 2).reshape(-1, d).index_select(0, plan.rows_out).view(n * (t1 - 1), c3 // 3)
 
 
 @dataclass(frozen=True)
@@ -147,15 +158,19 @@ class WindowLayout:
 
     @staticmethod
     def build(h: int, w: int, window: int, shift: int, device) -> "WindowLayout":
+        """Index arithmetic on ``device`` only (no data-dependent op, so no host sync on a GPU)."""
         hp, wp = -(-h // window) * window, -(-w // window) * window
         ys = (torch.arange(hp, device=device) + shift) % hp
         xs = (torch.arange(wp, device=device) + shift) % wp
         real = (ys[:, None] < h) & (xs[None, :] < w)
         src = torch.where(real, ys[:, None] * w + xs[None, :], torch.full_like(real, h * w, dtype=torch.long))
         gather = partition_windows(src[None, :, :, None], window).reshape(-1)
-        scatter = torch.empty(h * w, dtype=torch.long, device=device)
-        is_real = gather < h * w
-        scatter[gather[is_real]] = torch.arange(gather.numel(), device=device)[is_real]
+        # real token (y, x) sits at (y - shift, x - shift) of the rolled, padded map
+        ry = (torch.arange(h, device=device) - shift) % hp
+        rx = (torch.arange(w, device=device) - shift) % wp
+        win = (ry // window)[:, None] * (wp // window) + (rx // window)[None, :]
+        at = (ry % window)[:, None] * window + (rx % window)[None, :]
+        scatter = (win * (window * window) + at).reshape(-1)
         return WindowLayout(gather, scatter, (hp // window) * (wp // window))
 
 
@@ -192,11 +207,13 @@ class WindowPlan:
         tokens = h * w
         if layout.windows == 1:
             pos = layout.scatter                                  # window position of each real token
-            pads = (layout.gather == tokens).nonzero()[:, 0]      # window positions of the padding
+            # window positions of the padding, in order: a stable sort puts them (key 0) first
+            n_pads = length - tokens
+            pads = torch.sort((layout.gather != tokens).to(torch.uint8), stable=True).indices[:n_pads]
             order = torch.cat([pos, pads])
             return WindowPlan(single=True, length=length,
                               pair_index=rel_index[pos][:, pos],
-                              pad_index=rel_index[pos][:, pads] if pads.numel() else None,
+                              pad_index=rel_index[pos][:, pads] if n_pads else None,
                               mask=mask[0][pos][:, order] if mask is not None else None)
         nw = layout.windows
         src = layout.gather.view(nw, length)                       # token of (window, position)
@@ -245,7 +262,8 @@ class WindowPlan:
         return (bias[:, None] + self.mask[None]).reshape(1, -1, length, length)
 
 
-# Hidden activations of one MLP chunk: well under glibc's 32 MiB limit for reusing freed memory.
+# Hidden activations of one MLP chunk on the CPU: well under glibc's 32 MiB limit for reusing freed
+# memory.  Other devices take chunks of up to DEVICE_CHUNK_BYTES (usually the whole map: one launch each).
 _MLP_CHUNK_BYTES = 8 * 2**20
 
 
@@ -259,19 +277,22 @@ class SwinBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor, plan: WindowPlan) -> torch.Tensor:
-        """x: [N, T, C] tokens of an h x w map (row-major)."""
+    def forward(self, x: torch.Tensor, plan: WindowPlan, bias: BiasFn | None = None) -> torch.Tensor:
+        """x: [N, T, C] tokens of an h x w map (row-major); ``bias``: the attention's (WindowAttention)."""
         # Padded tokens are zero after norm1 and are not masked in the official model: append one
         # zero token for all of them.  Projecting it gives exactly the qkv bias, as in the original.
-        y = self.attn(self.attn.qkv(F.pad(self.norm1(x), (0, 0, 0, 1))), plan)
-        x = x + self.attn.proj(y)
+        # The linears run on [rows, C] matrices: the products a 3-d input folds to, without its reshapes.
+        n, t, c = x.shape
+        y = self.attn(self.attn.qkv(F.pad(self.norm1(x), (0, 0, 0, 1)).view(-1, c)), n, plan, bias)
+        x = x + self.attn.proj(y).view(n, t, c)
         if torch.is_grad_enabled():
             return x + self.mlp(self.norm2(x))
         # The MLP is per token: at inference run it over row chunks of the fresh x, in place, so
         # its 4x-wide hidden activations stay small (and in memory malloc reuses, not fresh pages).
         rows = x.view(-1, x.shape[-1])
-        step = max(256, _MLP_CHUNK_BYTES // (self.mlp.fc1.out_features * x.element_size()))
-        for chunk in rows.split(step):
+        budget = _MLP_CHUNK_BYTES if x.is_cpu else DEVICE_CHUNK_BYTES
+        step = max(256, budget // (self.mlp.fc1.out_features * x.element_size()))
+        for chunk in rows.split(step) if rows.shape[0] > step else (rows,):
             chunk.add_(self.mlp(self.norm2(chunk)))
         return x
 
@@ -289,6 +310,36 @@ class PatchMerging(nn.Module):
         return self.reduction(self.norm(x))
 
 
+# Shapes whose window plans a stage keeps (a forward uses one to three: PDFNet's half-size image
+# and depth and its patch tiles, BiRefNet's full and half size).
+_PLAN_CACHE_SIZE = 8
+# Attention biases a stage keeps at inference, per shape and block, up to this size each: those of
+# single-window and unshifted plans (a few hundred KiB).  A shifted plan of a large map has one
+# bias per window (up to 120 MiB a block for BiRefNet at 1024²), rebuilt in each forward instead.
+_BIAS_CACHE_BYTES = 1 << 20
+
+
+@dataclass
+class _ShapeCache:
+    """What a stage keeps for one input shape: its window plans and the small attention biases."""
+
+    plans: dict[int, WindowPlan]
+    # block index -> (the bias table it was made from, that table's version, dtype, bias)
+    biases: dict[int, tuple[torch.Tensor, int, torch.dtype, torch.Tensor]] = field(default_factory=dict)
+
+    def bias(self, index: int, attn: WindowAttention, plan: WindowPlan, dtype: torch.dtype) -> torch.Tensor:
+        if torch.is_grad_enabled():   # training: the bias must be part of the autograd graph
+            return attn.bias(plan, dtype)
+        table = attn.relative_position_bias_table
+        kept = self.biases.get(index)
+        if kept is not None and kept[0] is table and kept[1] == table._version and kept[2] == dtype:
+            return kept[3]
+        bias = attn.bias(plan, dtype)
+        if bias.numel() * bias.element_size() <= _BIAS_CACHE_BYTES and not torch.compiler.is_compiling():
+            self.biases[index] = (table, table._version, dtype, bias)
+        return bias
+
+
 class SwinStage(nn.Module):
     """Blocks, then (except in the last stage) the patch merging that halves the grid."""
 
@@ -300,18 +351,50 @@ class SwinStage(nn.Module):
             SwinBlock(dim, num_heads, window, 0 if j % 2 == 0 else window // 2, mlp_ratio, eps)
             for j in range(depth))
         self.downsample = PatchMerging(dim, eps) if downsample else None
+        # (N, H, W, device, tensor type, inference mode) -> plans and biases: plans depend on the
+        # shape only, so they are built once per shape instead of in every forward.  Not state:
+        # never saved.
+        self._cache: dict[tuple, _ShapeCache] = {}
+
+    def shape_cache(self, x: torch.Tensor) -> _ShapeCache:
+        """The window plans of each shift (and the kept biases) for maps of x's shape [N, H, W, C] on x's device."""
+        n, h, w, _ = x.shape
+        # the tensor type keeps the plans of fake or traced tensors (FakeTensorMode, torch.compile's
+        # tracing) apart from real ones; tensors made in inference mode cannot serve autograd later
+        key = (n, h, w, x.device, type(x), torch.is_inference_mode_enabled())
+        cache = self._cache.get(key)
+        if cache is None:
+            attn = self.blocks[0].attn
+            cache = _ShapeCache({shift: WindowPlan.build(n, h, w, self.window, shift, attn.num_heads,
+                                                         attn.relative_position_index, x.device)
+                                 for shift in sorted({b.shift for b in self.blocks})})
+            if torch.compiler.is_compiling():
+                return cache
+            if len(self._cache) >= _PLAN_CACHE_SIZE:
+                self._cache.clear()
+            self._cache[key] = cache
+        return cache
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [N, H, W, C] -> [N, H, W, C] (before the downsample)."""
         n, h, w, c = x.shape
-        ws = self.window
-        attn = self.blocks[0].attn
-        plans = {shift: WindowPlan.build(n, h, w, ws, shift, attn.num_heads, attn.relative_position_index, x.device)
-                 for shift in {b.shift for b in self.blocks}}
+        cache = self.shape_cache(x)
         tokens = x.reshape(n, h * w, c)
-        for block in self.blocks:
-            tokens = block(tokens, plans[block.shift])
+        for i, block in enumerate(self.blocks):
+            plan = cache.plans[block.shift]
+            tokens = block(tokens, plan, functools.partial(cache.bias, i, block.attn, plan))
         return tokens.view(n, h, w, c)
+
+    def _apply(self, fn, recurse=True):
+        # .to(), .half(), .cuda() ... may change the weights in place of their tensors: rebuild
+        self._cache = {}
+        return super()._apply(fn, recurse)
+
+    def __getstate__(self):
+        # pickles and deep copies leave the derived tensors behind (they are rebuilt on use)
+        state = self.__dict__.copy()
+        state["_cache"] = {}
+        return state
 
 
 class PatchEmbed(nn.Module):

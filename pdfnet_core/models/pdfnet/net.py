@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...ops.images import minmax_per_item
-from ..common.layers import RMSNorm, SwiGLU, conv_rms_silu, resize, resize_like
-from .tail import streamed_tail
+from ..common.layers import DEVICE_CHUNK_BYTES, RMSNorm, SwiGLU, conv_rms_silu, resize, resize_like
+from .tail import device_band_rows, streamed_tail
 from ..common.swin import SWIN_B_PDFNET, SwinConfig, SwinTransformer
 
 # The FSE selects patch tiles whose boundary is non-empty; "boundary" is a hard threshold of this
@@ -51,9 +51,10 @@ class PDFNetConfig:
     patch_grid: int = 8          # the image is cut into patch_grid x patch_grid tiles
     pool_ratios: tuple[int, ...] = (1, 1, 2, 2)   # FSE_mix[0..3]
     train_size: int = 1024       # the resolution the released weights were trained at
-    # Memory/speed knobs only; results do not depend on them.
+    # Memory/speed knobs of the CPU only (results do not depend on them); on other devices the
+    # chunks are as large as DEVICE_CHUNK_BYTES allows, usually whole tensors (fewer launches).
     band_rows: int = 32          # full-resolution rows computed at a time in the tail
-    tile_chunk: int = 16         # patch tiles encoded at a time
+    tile_chunk: int = 16         # patch tiles (per image) encoded at a time
     # Which official code revision's FSE formulas to run (see the module docstring); the weights
     # are the same for both.  load_pdfnet chooses it from the checkpoint.
     revision: str = "v2"
@@ -127,10 +128,17 @@ class CrossAttention(nn.Module):
         self.out_proj = nn.Linear(dim, dim, bias=False)
 
     def forward(self, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        """q [B, Nq, C], kv [B, Nk, C] -> [B*Nq, C].
+
+        The projections run on [B*N, C] rows: the products a 3-d ``F.linear`` would fold to, without
+        its reshapes (fewer ops per call on a GPU).
+        """
+        (b, nq, c), nk = q.shape, kv.shape[1]
         wq, wk, wv = self.in_proj_weight.chunk(3)
-        out = F.scaled_dot_product_attention(
-            F.linear(q, wq)[:, None], F.linear(kv, wk)[:, None], F.linear(kv, wv)[:, None])
-        return self.out_proj(out[:, 0])
+        q, kv = q.reshape(b * nq, c), kv.reshape(b * nk, c)
+        out = F.scaled_dot_product_attention(F.linear(q, wq).view(b, 1, nq, -1), F.linear(kv, wk).view(b, 1, nk, -1),
+                                             F.linear(kv, wv).view(b, 1, nk, -1))
+        return self.out_proj(out.reshape(b * nq, -1))
 
 
 class CoA(nn.Module):
@@ -144,8 +152,10 @@ class CoA(nn.Module):
         self.Norm2 = RMSNorm(dim, channels_first=False)
 
     def forward(self, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
-        x = q + self.Norm1(self.Att(q, kv))
-        return x + self.Norm2(self.FFN(x))
+        """q [B, Nq, C], kv [B, Nk, C] -> [B, Nq, C] (computed on [B*Nq, C] rows)."""
+        b, n, c = q.shape
+        x = q.reshape(b * n, c) + self.Norm1(self.Att(q, kv))
+        return (x + self.Norm2(self.FFN(x))).view(b, n, c)
 
 
 def boundary_raw(pred_sigmoid: torch.Tensor) -> torch.Tensor:
@@ -286,8 +296,9 @@ class PDFDecoder(nn.Module):
         del prev, i, d, p
         for features in (img_f, depth_f, patch_f):
             features.clear()  # the caller's per-call lists: free them before the full-resolution tail
+        band_rows = self.band_rows if img.is_cpu else device_band_rows(img.shape[0], mix.shape[1], img.shape[-1])
         final = streamed_tail(self.shallow, self.upsample1[0], self.upsample2[0], self.Bside[0],
-                              torch.cat([img, depth3], dim=1).float(), mix, self.band_rows)
+                              torch.cat([img, depth3], dim=1).float(), mix, band_rows)
         return final, (sides[::-1] if with_sides else None)
 
 
@@ -330,9 +341,25 @@ class PDFNet(nn.Module):
         """Encode the patch_grid^2 full-resolution tiles and reassemble each level into one map."""
         grid = self.config.patch_grid
         tiles = split_tiles(image, grid)
-        step = max(1, self.config.tile_chunk) * image.shape[0]
+        step = max(1, self.tile_chunk(tiles)) * image.shape[0]
         parts = [self.encode(tiles[i:i + step]) for i in range(0, tiles.shape[0], step)]
         return [merge_tiles(torch.cat(level, dim=0), image.shape[0], grid) for level in zip(*parts)]
+
+    def encoder_bytes(self, n: int, h: int, w: int, element_size: int) -> int:
+        """Bytes of the widest temporary the encoder makes for n maps of h x w: the hidden activations
+        of its first stage's MLP."""
+        swin = self.config.swin
+        tokens = -(-h // swin.patch_size) * -(-w // swin.patch_size)
+        return n * tokens * int(swin.embed_dim * swin.mlp_ratio) * element_size
+
+    def tile_chunk(self, tiles: torch.Tensor) -> int:
+        """Tile positions encoded at a time: the CPU's tuned ``config.tile_chunk``; elsewhere as many as
+        keep the encoder's widest temporary within DEVICE_CHUNK_BYTES, usually all of them."""
+        if tiles.is_cpu:
+            return self.config.tile_chunk
+        batch = tiles.shape[0] // self.config.patch_grid ** 2
+        widest = self.encoder_bytes(batch, tiles.shape[-2], tiles.shape[-1], tiles.element_size())
+        return max(1, DEVICE_CHUNK_BYTES // widest)
 
     def global_batch(self, image: torch.Tensor, depth3: torch.Tensor) -> torch.Tensor:
         """Half-resolution image and depth stacked along the batch (they share the encoder)."""
@@ -346,12 +373,16 @@ class PDFNet(nn.Module):
         depth3 = minmax_per_item(depth).to(dtype).expand(-1, 3, -1, -1) if depth.shape[1] == 1 \
             else minmax_per_item(depth).to(dtype)
         image = image.to(dtype)
-        if torch.is_grad_enabled():
+        half = (image.shape[-2] // 2, image.shape[-1] // 2)
+        # Image and depth share the encoder.  In training, and off the CPU when the pair fits
+        # DEVICE_CHUNK_BYTES (half the launches), they go through it as one batch; at inference on
+        # the CPU one source at a time: half the encoder's peak memory, the same arithmetic.
+        pair_fits = self.encoder_bytes(2 * b, half[0], half[1], image.element_size()) <= DEVICE_CHUNK_BYTES
+        if torch.is_grad_enabled() or (not image.is_cpu and pair_fits):
             glob = self.encode(self.global_batch(image, depth3))
             img_f, depth_f = [g[:b] for g in glob], [g[b:] for g in glob]
             del glob
-        else:  # one source at a time: half the encoder's peak memory, the same arithmetic
-            half = (image.shape[-2] // 2, image.shape[-1] // 2)
+        else:
             img_f, depth_f = self.encode(resize(image, half)), self.encode(resize(depth3, half))
         patch_f = self.encode_patches(image)
         final, sides = self.decoder(image, depth3, img_f, depth_f, patch_f, with_sides)
@@ -361,7 +392,12 @@ class PDFNet(nn.Module):
 
 
 def check_inputs(image: torch.Tensor, depth: torch.Tensor, multiple: int) -> None:
-    """Clear errors for the mistakes that otherwise surface deep inside torch."""
+    """Clear errors for the mistakes that otherwise surface deep inside torch.
+
+    Values (NaN, inf) are checked on CPU tensors only: on a GPU the check would wait for the device
+    to finish and read its answer back (a host sync in every forward).  Inputs reach a GPU through
+    ``segment()``, which checks each image on the host when it converts it.
+    """
     if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[1] != 3:
         raise ValueError(f"image must be a [B,3,S,S] tensor (ImageNet-normalised RGB), got "
                          f"{list(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__}")
@@ -376,7 +412,7 @@ def check_inputs(image: torch.Tensor, depth: torch.Tensor, multiple: int) -> Non
         raise ValueError(f"image and depth have different batch sizes ({image.shape[0]} vs {depth.shape[0]})")
     if depth.shape[-2:] != image.shape[-2:]:
         raise ValueError(f"depth is {depth.shape[-2]}x{depth.shape[-1]} but image is {h}x{w}; resize depth to the image size")
-    if not torch.isfinite(image).all():
+    if image.is_cpu and not torch.isfinite(image).all():
         raise ValueError("image contains NaN or inf values")
-    if not torch.isfinite(depth).all():
+    if depth.is_cpu and not torch.isfinite(depth).all():
         raise ValueError("depth contains NaN or inf values")

@@ -9,17 +9,21 @@ maps (512 MB each).  Every step is local along the rows (bilinear taps, 3x3 conv
 same numbers can be produced band by band, keeping only sliding windows of rows of ``shallow`` and of
 the two half-resolution maps.  Rows are dropped as soon as everything they feed is computed.
 
-Bands of 32 rows keep every full-resolution temporary under 32 MB at 1024 (fp32, 128 channels), the
-size up to which glibc's malloc reuses freed memory instead of mapping fresh pages for each one: the
-page faults of larger bands cost a fifth of the tail's time.
+On the CPU, bands of 32 rows keep every full-resolution temporary under 32 MB at 1024 (fp32, 128
+channels), the size up to which glibc's malloc reuses freed memory instead of mapping fresh pages for
+each one: the page faults of larger bands cost a fifth of the tail's time.  On a GPU every band is
+another round of kernel launches, so bands there are as large as ``device_band_rows`` allows
+(usually the whole map: one band).  The bookkeeping of which rows exist is Python integers
+(``host_taps``), never read back from the device.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..common.layers import ConvRMSSiLU, linear_taps, resize_rows
+from ..common.layers import DEVICE_CHUNK_BYTES, ConvRMSSiLU, host_taps, linear_taps, resize_rows
 
 
 def conv_rows(conv: nn.Conv2d, x: torch.Tensor, pad_top: int, pad_bottom: int) -> torch.Tensor:
@@ -57,11 +61,17 @@ class _Rows:
             self.lo += cut
 
 
-def _last_ready(taps_hi: torch.Tensor, available: int, total_available: int) -> int:
+def _last_ready(taps_hi: np.ndarray, available: int, total_available: int) -> int:
     """Number of leading output rows whose highest source row is below ``available``."""
     if available >= total_available:
-        return taps_hi.numel()
-    return int(torch.searchsorted(taps_hi, torch.tensor(available, device=taps_hi.device), right=False))
+        return len(taps_hi)
+    return int(np.searchsorted(taps_hi, available, side="left"))
+
+
+def device_band_rows(batch: int, channels: int, width: int) -> int:
+    """Rows per band off the CPU: a full-resolution band of ``channels`` float32 maps within
+    DEVICE_CHUNK_BYTES (its largest temporary), so a usual batch is one band."""
+    return max(1, DEVICE_CHUNK_BYTES // (batch * channels * width * 4))
 
 
 def streamed_tail(shallow: nn.Sequential, upsample1: ConvRMSSiLU, upsample2: ConvRMSSiLU, head: nn.Conv2d,
@@ -74,9 +84,11 @@ def streamed_tail(shallow: nn.Sequential, upsample1: ConvRMSSiLU, upsample2: Con
     b, _, s, w = x6.shape
     conv4, crs = shallow[0], shallow[1]
     h2, w2 = mix.shape[-2] * 2, mix.shape[-1] * 2
-    _, half_hi, _ = linear_taps(s, h2, x6.device)      # shallow row feeding half-res row k (upper tap)
-    half_lo, _, _ = linear_taps(s, h2, x6.device)
-    full_lo, full_hi, _ = linear_taps(h2, s, x6.device)  # f rows feeding full-res row j
+    half_lo, half_hi = host_taps(s, h2)                 # shallow rows feeding half-res row k
+    full_lo, full_hi = host_taps(h2, s)                 # f rows feeding full-res row j
+    # the device taps of the four row resizes, computed once for all bands
+    up_taps, mix_taps = linear_taps(s, 4 * s, x6.device), linear_taps(mix.shape[-2], h2, x6.device)
+    half_taps, full_taps = linear_taps(s, h2, x6.device), linear_taps(h2, s, x6.device)
 
     sh = _Rows()                                       # window of shallow rows
     g = _Rows()                                        # window of resize(mix) + resize(shallow) rows
@@ -88,7 +100,7 @@ def streamed_tail(shallow: nn.Sequential, upsample1: ConvRMSSiLU, upsample2: Con
         z = min(s, a + step)
         # shallow rows [a, z): the 3x3 conv needs stride-4 rows a-1 .. z (zero outside the image)
         ca, cz = max(a - 1, 0), min(z + 1, s)
-        up = resize_rows(x6, 4 * s, slice(4 * ca, 4 * cz), 4 * w)
+        up = resize_rows(x6, 4 * s, slice(4 * ca, 4 * cz), 4 * w, taps=up_taps)
         sh.append(crs_rows(crs, conv4(up.to(conv4.weight.dtype)), ca - (a - 1), (z + 1) - cz))
         del up
 
@@ -96,7 +108,8 @@ def streamed_tail(shallow: nn.Sequential, upsample1: ConvRMSSiLU, upsample2: Con
         g_end = _last_ready(half_hi, z, s)
         if g_end > g.hi:
             rows = slice(g.hi, g_end)
-            g.append(resize_rows(mix, h2, rows, w2).add_(resize_rows(sh.data, h2, rows, w2, n_in=s, offset=sh.lo)))
+            g.append(resize_rows(mix, h2, rows, w2, taps=mix_taps)
+                     .add_(resize_rows(sh.data, h2, rows, w2, n_in=s, offset=sh.lo, taps=half_taps)))
         # upsample1 rows whose 3x3 neighbourhood in g is complete
         f_end = h2 if g.hi == h2 else max(g.hi - 1, 0)
         if f_end > f.hi:
@@ -111,7 +124,7 @@ def streamed_tail(shallow: nn.Sequential, upsample1: ConvRMSSiLU, upsample2: Con
             r0, r1 = out_done, out_end
             ua, uz = max(r0 - 1, 0), min(r1 + 1, s)     # upsample2 rows needed by the head
             xa, xz = max(ua - 1, 0), min(uz + 1, s)     # its input rows
-            x = resize_rows(f.data, s, slice(xa, xz), w, n_in=h2, offset=f.lo).add_(sh.rows(xa, xz))
+            x = resize_rows(f.data, s, slice(xa, xz), w, n_in=h2, offset=f.lo, taps=full_taps).add_(sh.rows(xa, xz))
             u = crs_rows(upsample2, x, xa - (ua - 1), (uz + 1) - xz)
             out[..., r0:r1, :] = conv_rows(head, u, ua - (r0 - 1), (r1 + 1) - uz)
             out_done = out_end
