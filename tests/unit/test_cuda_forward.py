@@ -340,6 +340,22 @@ def test_kept_attention_biases_follow_the_weights():
     assert torch.equal(stage(x), fresh())                          # with autograd: computed, not kept
 
 
+def test_a_stage_built_in_inference_mode_keeps_its_biases():
+    """ComfyUI runs its nodes, the loaders too, under torch.inference_mode: the weights are then
+    inference tensors, which keep no version counter to compare."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 6, 32)
+    with torch.inference_mode():
+        stage = SwinStage(32, 2, 2, 7, 4.0, 1e-5, downsample=False).eval()
+        assert stage.blocks[0].attn.relative_position_bias_table.is_inference()
+        first = stage(x)
+        assert torch.equal(stage(x), first) and stage._cache
+        stage.half().float()                                         # new storage: rebuilt
+        fresh = SwinStage(32, 2, 2, 7, 4.0, 1e-5, downsample=False).eval()
+        fresh.load_state_dict(stage.state_dict())
+        assert torch.equal(stage(x), fresh(x)) and not torch.equal(stage(x), first)
+
+
 def test_plans_kept_in_inference_mode_do_not_reach_training():
     stage = SwinStage(16, 2, 2, 4, 4.0, 1e-5, downsample=False)
     x = torch.randn(1, 6, 7, 16)

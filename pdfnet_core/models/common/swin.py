@@ -324,20 +324,30 @@ class _ShapeCache:
     """What a stage keeps for one input shape: its window plans and the small attention biases."""
 
     plans: dict[int, WindowPlan]
-    # block index -> (the bias table it was made from, that table's version, dtype, bias)
-    biases: dict[int, tuple[torch.Tensor, int, torch.dtype, torch.Tensor]] = field(default_factory=dict)
+    # block index -> (the bias table it was made from, that table's state, dtype, bias)
+    biases: dict[int, tuple[torch.Tensor, tuple[int, int], torch.dtype, torch.Tensor]] = field(default_factory=dict)
 
     def bias(self, index: int, attn: WindowAttention, plan: WindowPlan, dtype: torch.dtype) -> torch.Tensor:
         if torch.is_grad_enabled():   # training: the bias must be part of the autograd graph
             return attn.bias(plan, dtype)
         table = attn.relative_position_bias_table
+        state = _table_state(table)
         kept = self.biases.get(index)
-        if kept is not None and kept[0] is table and kept[1] == table._version and kept[2] == dtype:
+        if kept is not None and kept[0] is table and kept[1] == state and kept[2] == dtype:
             return kept[3]
         bias = attn.bias(plan, dtype)
         if bias.numel() * bias.element_size() <= _BIAS_CACHE_BYTES and not torch.compiler.is_compiling():
-            self.biases[index] = (table, table._version, dtype, bias)
+            self.biases[index] = (table, state, dtype, bias)
         return bias
+
+
+def _table_state(table: torch.Tensor) -> tuple[int, int]:
+    """What changes when a bias table's values may have: its storage and its in-place version.
+
+    A model built under ``torch.inference_mode`` (as ComfyUI runs its nodes, loaders included) has
+    inference tensors, which keep no version counter: for them the storage alone is compared, which
+    still follows a move or a dtype change (a new storage)."""
+    return table.data_ptr(), (-1 if table.is_inference() else table._version)
 
 
 class SwinStage(nn.Module):
