@@ -22,10 +22,10 @@ from typing import Callable, Mapping, Protocol, Sequence, TypeVar, runtime_check
 
 import torch
 
-from pdfnet_core import (SEGREFINER_MODES, InputError, LoadedModel, Progress, RefineConfig, SegmentOptions, as_loaded,
-                         batch_pair, check_image, check_mask, check_same_size, estimate_depth, estimate_foreground,
-                         fitting_batch, normalize_depth, refine_mask, refine_with_segrefiner, segment, segmenter,
-                         temporal_smooth)
+from pdfnet_core import (SEGREFINER_MODES, DespillConfig, InputError, LoadedModel, MattingConfig, Progress, RefineConfig,
+                         SegmentOptions, TrimapConfig, as_loaded, batch_pair, check_image, check_mask, check_same_size,
+                         estimate_depth, estimate_foreground, fitting_batch, matte, normalize_depth, refine_mask,
+                         refine_with_segrefiner, segment, segmenter, temporal_smooth)
 
 log = logging.getLogger(__name__)
 
@@ -163,15 +163,20 @@ def _chunks(n: int, size: int) -> list[slice]:
 
 
 def segment_images(image: torch.Tensor, model, options: SegmentOptions, runtime: Runtime, *, depth_model=None,
-                   depth: torch.Tensor | None = None) -> torch.Tensor:
+                   depth: torch.Tensor | None = None, region: torch.Tensor | None = None,
+                   region_box=None) -> torch.Tensor:
     """Masks [B,H,W] (foreground = 1) of a PDFNet or BiRefNet for a ComfyUI IMAGE batch.
 
     A model that needs no depth (BiRefNet) ignores ``depth`` and ``depth_model``.  For PDFNet: with
     ``depth`` the depth model is not used; without it ``segment`` computes the prior with
     ``depth_model`` (progress then counts both model runs).  With a ``DeviceMemory`` runtime the
     batch is sized to the free GPU memory (``options.batch_size`` on a CPU) and halved on an
-    out-of-memory error.
+    out-of-memory error.  ``region`` (a MASK) or ``region_box`` (a BOUNDING_BOX dict or an
+    "x,y,width,height" string) says where the subject is: see ``segment(region=...)``.
     """
+    if region is not None and region_box is not None:
+        raise InputError("connect either 'region' (a mask) or 'region_box' (a box), not both")
+    where = region if region is not None else region_box
     net = segmenter_of(model)
     if not net.spec.inputs.needs_depth:
         depth = depth_model = None
@@ -187,7 +192,7 @@ def segment_images(image: torch.Tensor, model, options: SegmentOptions, runtime:
 
     def run(size: int) -> list[torch.Tensor]:
         return segment(image, depth, net, options=replace(options, batch_size=size), depth_model=depth_model,
-                       name="image", progress=bar, before_run=runtime.resident)
+                       name="image", progress=bar, before_run=runtime.resident, region=where)
 
     masks = run_in_batches(run, batch, runtime, "PDFNet Segment",
                            "Free GPU memory (other models, other programs), lower 'resolution', turn 'tta' off, or "
@@ -203,7 +208,7 @@ def _plan_segment(runtime: Runtime, net: LoadedModel, depth_net: LoadedModel | N
     models = [net.module] + ([] if depth_net is None else [depth_net.module])
     budget = runtime.activation_budget(models)
     device = None if budget is None else budget[0]
-    side = options.network_side(net.spec.inputs.size_multiple)
+    side = options.network_hw(net.canvas, height, width)
     batch = options.batch_size if budget is None else \
         fitting_batch(net.activation_bytes(side, 1, device=device), budget[1], images=images)
     memory = net.activation_bytes(side, batch, device=device)
@@ -361,12 +366,14 @@ def segrefiner_images(image: torch.Tensor, mask: torch.Tensor, model, mode: str,
 
 
 TEMPORAL_OFF = "off"
+KEEP_OFF = "off"      # keep every component (else a key of pdfnet_core.KEEP_COMPONENT)
 
 
 def refine_config(*, threshold: float = 0.0, threshold_high: float = 0.0, remove_islands: int = 0,
                   fill_holes: bool = False, hole_max_area: int = 0, grow: int = 0, guided_radius: int = 0,
                   guided_eps: float = 1e-3, guide: str = "color", feather: float = 0.0,
-                  temporal: str = TEMPORAL_OFF, temporal_radius: int = 1, temporal_decay: float = 0.5) -> RefineConfig:
+                  temporal: str = TEMPORAL_OFF, temporal_radius: int = 1, temporal_decay: float = 0.5,
+                  keep_component: str = KEEP_OFF) -> RefineConfig:
     """The node's widgets as a ``RefineConfig``; 0 (or 'off') switches a step off.
 
     threshold > 0 alone is a hard threshold; with threshold_high above it, a soft ramp between the
@@ -379,6 +386,7 @@ def refine_config(*, threshold: float = 0.0, threshold_high: float = 0.0, remove
         threshold_low=threshold if threshold > 0 else None,
         threshold_high=threshold_high if threshold > 0 and threshold_high else None,
         island_min_area=int(remove_islands),
+        keep_component=None if keep_component == KEEP_OFF else keep_component,
         fill_holes=bool(fill_holes),
         hole_max_area=int(hole_max_area) if hole_max_area > 0 else None,
         grow_pixels=int(grow),
@@ -426,6 +434,44 @@ def estimate_foreground_images(image: torch.Tensor, mask: torch.Tensor, method: 
     on = (lambda t: t) if device is None else (lambda t: t.to(device))
     return map_chunks(lambda im, m: estimate_foreground(on(im), on(m), method).foreground.cpu(),
                       runtime.progress(n), image, mask, chunk=chunk)
+
+
+# --------------------------------------------------------------------------------------------
+# matting (PDFNet Matting)
+
+
+def matting_config(*, network_size: int, band: float, fine_hair: float, edge_shift: int, despill: str,
+                   despill_color: str, despill_strength: float, foreground: str) -> MattingConfig:
+    """The Matting node's widgets as a MattingConfig (network_size 0: the mask was made at the image's
+    size; despill "color" takes the key from despill_color)."""
+    key = despill_color if despill == "color" else despill
+    return replace(MattingConfig(), trimap=replace(TrimapConfig(), network_size=network_size or None, band=band,
+                                                   fine_hair=fine_hair),
+                   edge_shift=int(edge_shift), foreground=foreground,
+                   despill=replace(DespillConfig(), key=key, strength=despill_strength)).validate()
+
+
+def matte_images(image: torch.Tensor, mask: torch.Tensor, config: MattingConfig, runtime: Runtime,
+                 device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(alpha [B,H,W], foreground [B,H,W,3]) of a batch by ``matte``, one image per chunk: a photo's
+    matting takes seconds, so the bar moves and a cancel is honoured between images.  An image under
+    N masks or N images under one mask; sizes are checked before the first image runs."""
+    image = node_image(image)
+    mask = check_mask(mask, "mask", single=True)
+    n = batch_pair(image.shape[0], mask.shape[0], "image", "mask")
+    check_same_size(mask, image, "mask", "image",
+                    f"resize the mask to the image's {image.shape[2]}x{image.shape[1]} first (the mask must be made "
+                    "from this image)")
+    on = (lambda t: t) if device is None else (lambda t: t.to(device))
+    colours: list[torch.Tensor] = []
+
+    def one(im: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        alpha, fg = matte(on(im), on(m), config)
+        colours.append(fg.cpu())
+        return alpha.cpu()
+
+    alpha = map_chunks(one, runtime.progress(n), image, mask, chunk=1)
+    return alpha, torch.cat(colours)
 
 
 # --------------------------------------------------------------------------------------------

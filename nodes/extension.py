@@ -5,9 +5,9 @@ from typing_extensions import override
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import compare, composite, depth, host, loaders, refine, segment, segrefiner
+from . import compare, composite, depth, host, loaders, matting, refine, segment, segrefiner
 
-NODE_MODULES = (loaders, depth, segment, refine, composite, compare, segrefiner)
+NODE_MODULES = (loaders, depth, segment, refine, matting, composite, compare, segrefiner)
 
 
 class PDFNetExtension(ComfyExtension):

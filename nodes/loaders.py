@@ -21,7 +21,8 @@ def _loader_inputs(family_name: str, name_tooltip: str, dtype_tooltip: str = _DT
                    download: bool = True) -> list:
     key = family(family_name).folder_key
     inputs = [
-        io.Combo.Input("model_name", options=model_files.list_models(key), tooltip=name_tooltip),
+        io.Combo.Input("model_name", options=model_files.list_models(key),
+                       tooltip=f"{name_tooltip} {model_files.licence_tooltip(key)}"),
         io.Combo.Input("dtype", options=list(host.DTYPE_CHOICES), default="auto", tooltip=dtype_tooltip),
     ]
     if download:   # off for models that are not on the hub: the toggle could never work there
@@ -38,16 +39,21 @@ def _option_input(option, tooltip: str, optional: bool = False) -> io.Combo.Inpu
                           tooltip=tooltip)
 
 
+def _commercial_input() -> io.Boolean.Input:
+    """The licence switch: added after workflows were saved, so optional, last, and off by default."""
+    return io.Boolean.Input("commercial_only", default=False, optional=True, tooltip=model_files.COMMERCIAL_TOOLTIP)
+
+
 class _FileLoader(io.ComfyNode):
     """What every loader node does with its file; subclasses set FAMILY and their schema."""
 
     FAMILY: ClassVar[str]
 
     @classmethod
-    def validate_inputs(cls, model_name, download=False):
+    def validate_inputs(cls, model_name, download=False, commercial_only=False):
         # Only the inputs named here are checked by us; the others (dtype, patch_order) keep
         # ComfyUI's own list checks, which naming them would switch off.
-        return model_files.check_model_choice(cls.FAMILY, model_name, download)
+        return model_files.check_model_choice(cls.FAMILY, model_name, download, commercial_only)
 
     @classmethod
     def fingerprint_inputs(cls, model_name, **_):
@@ -55,8 +61,8 @@ class _FileLoader(io.ComfyNode):
         return model_files.file_fingerprint(cls.FAMILY, model_name)
 
     @classmethod
-    def execute(cls, model_name, dtype, download=False) -> io.NodeOutput:
-        return io.NodeOutput(model_files.load_model(cls.FAMILY, model_name, dtype, download))
+    def execute(cls, model_name, dtype, download=False, commercial_only=False) -> io.NodeOutput:
+        return io.NodeOutput(model_files.load_model(cls.FAMILY, model_name, dtype, download, commercial_only))
 
 
 _REVISION = family("pdfnet").option("revision")
@@ -89,13 +95,16 @@ class PDFNetModelLoader(_FileLoader):
                             "soft boundaries, patch tiles weighted by how much edge they hold. v2: the current "
                             "official code (f4e218b): thresholded boundaries, tiles weighted 1 or 2. Same weights; "
                             "masks differ slightly (up to about 0.05 alpha on test weights)."),
+                _commercial_input(),
             ],
             outputs=[PDFNetModel.Output("pdfnet_model", tooltip="PDFNet, for PDFNet Segment")],
         )
 
     @classmethod
-    def execute(cls, model_name, dtype, download=False, revision=_REVISION.default) -> io.NodeOutput:
-        return io.NodeOutput(model_files.load_model("pdfnet", model_name, dtype, download, revision=revision))
+    def execute(cls, model_name, dtype, download=False, revision=_REVISION.default,
+                commercial_only=False) -> io.NodeOutput:
+        return io.NodeOutput(model_files.load_model("pdfnet", model_name, dtype, download, commercial_only,
+                                                    revision=revision))
 
 
 class PDFNetDepthAnythingLoader(_FileLoader):
@@ -109,12 +118,12 @@ class PDFNetDepthAnythingLoader(_FileLoader):
             category="PDFNet/loaders",
             description="Loads a Depth-Anything-V2 checkpoint (Small, Base or Large; .pth or safetensors repacks) "
                         "from models/depthanything, for PDFNet's depth prior and for depth maps.",
-            inputs=_loader_inputs(
+            inputs=[*_loader_inputs(
                 "depth_anything",
                 "A Depth-Anything-V2 checkpoint in models/depthanything: depth_anything_v2_vits/vitb/vitl .pth, or "
-                "the _fp16/_fp32 .safetensors repacks. Licence: Small (vits) is Apache-2.0; Base (vitb) and Large "
-                "(vitl) are CC-BY-NC-4.0, non-commercial use only. PDFNet was trained with all three sizes; the "
-                "paper evaluated with Large."),
+                "the _fp16/_fp32 .safetensors repacks. Only Small (vits) allows commercial use. PDFNet was trained "
+                "with all three sizes; the paper evaluated with Large."),
+                _commercial_input()],
             outputs=[DepthAnythingModel.Output("depth_model", tooltip="Depth-Anything-V2, for PDFNet Segment "
                                                                       "and PDFNet Depth Estimate")],
         )
@@ -139,7 +148,8 @@ class PDFNetBiRefNetLoader(_FileLoader):
                     "their file model.safetensors; here each is listed under its repository name (e.g. "
                     "BiRefNet_HR.safetensors = ZhengPeng7/BiRefNet_HR) and downloaded under that name. BiRefNet: "
                     "general use at 1024; _HR and _HR-matting: trained at 2048; _lite: the light Swin-T variant; "
-                    "_dynamic: trained at 256-2304. Licence: MIT."),
+                    "_dynamic: trained at 256-2304; ToonOut: anime; Lucida: glass, camouflage, text, glow; "
+                    "RMBG-2.0: bring your own file. Files in core's models/background_removal are listed too."),
                 _option_input(
                     _PATCH_ORDER,
                     tooltip="How BiRefNet splits the image into patches for its decoder. The official code changed "
@@ -147,13 +157,16 @@ class PDFNetBiRefNetLoader(_FileLoader):
                             "later ones (BiRefNet_HR, _HR-matting, _dynamic) with the 'current' one, and the wrong "
                             "order gives visibly worse masks. auto: the order this pack's registry lists for the file "
                             "name ('current' for files it does not know)."),
+                _commercial_input(),
             ],
             outputs=[BiRefNetModel.Output("birefnet_model", tooltip="BiRefNet, for PDFNet Segment's model input")],
         )
 
     @classmethod
-    def execute(cls, model_name, dtype, download, patch_order=_PATCH_ORDER.default) -> io.NodeOutput:
-        return io.NodeOutput(model_files.load_model("birefnet", model_name, dtype, download, patch_order=patch_order))
+    def execute(cls, model_name, dtype, download, patch_order=_PATCH_ORDER.default,
+                commercial_only=False) -> io.NodeOutput:
+        return io.NodeOutput(model_files.load_model("birefnet", model_name, dtype, download, commercial_only,
+                                                    patch_order=patch_order))
 
 
 class PDFNetSegRefinerLoader(_FileLoader):
@@ -184,17 +197,19 @@ class PDFNetSegRefinerLoader(_FileLoader):
                             "weights' own. bf16: 2.5x faster per patch on a CPU with native bf16 (AVX-512 BF16 / "
                             "AMX) and on recent GPUs; a patch's binary mask can differ from fp32 on pixels the "
                             "network is unsure of. fp16: for GPUs."),
+                _commercial_input(),
             ],
             outputs=[SegRefinerModel.Output("segrefiner_model", tooltip="SegRefiner, for PDFNet SegRefine")],
         )
 
     @classmethod
-    def validate_inputs(cls, model_name):
-        return model_files.check_model_choice("segrefiner", model_name)
+    def validate_inputs(cls, model_name, commercial_only=False):
+        return model_files.check_model_choice("segrefiner", model_name, commercial_only=commercial_only)
 
     @classmethod
-    def execute(cls, model_name, dtype, hr_patches=_HR_PATCHES.default) -> io.NodeOutput:
-        return io.NodeOutput(model_files.load_model("segrefiner", model_name, dtype, hr_patches=hr_patches))
+    def execute(cls, model_name, dtype, hr_patches=_HR_PATCHES.default, commercial_only=False) -> io.NodeOutput:
+        return io.NodeOutput(model_files.load_model("segrefiner", model_name, dtype, commercial_only=commercial_only,
+                                                    hr_patches=hr_patches))
 
 
 NODES = [PDFNetModelLoader, PDFNetDepthAnythingLoader, PDFNetBiRefNetLoader, PDFNetSegRefinerLoader]

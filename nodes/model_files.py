@@ -10,8 +10,8 @@ import os
 from typing import Any, Sequence
 
 
-from pdfnet_core import (WEIGHT_SUFFIXES, InputError, LoadedModel, ensure_model_file, family, hf_url, known_files,
-                         load_cached, lookup, model_name_problem)
+from pdfnet_core import (FAMILIES, WEIGHT_SUFFIXES, InputError, LoadedModel, ensure_model_file, family, hf_url,
+                         known_files, load_cached, lookup, model_name_problem)
 
 from . import host
 
@@ -37,9 +37,60 @@ def model_choices(present: Sequence[str], folder_key: str) -> list[str]:
     return found + [e.filename for e in known_files(folder_key) if e.filename not in have]
 
 
+def _shared_folders(folder_key: str) -> tuple[str, ...]:
+    """The other ComfyUI folders the family of ``folder_key`` reads (its spec's ``shared_folders``)."""
+    return next((spec.shared_folders for spec in FAMILIES.values() if spec.folder_key == folder_key), ())
+
+
 def list_models(folder_key: str) -> list[str]:
-    """Weight files in the folder, then the registry's files that could be downloaded into it."""
-    return model_choices(host.folder_files(folder_key), folder_key)
+    """Weight files in the folder (and in the family's shared folders, e.g. core's background_removal),
+    then the registry's files that could be downloaded into it."""
+    present = list(host.folder_files(folder_key))
+    for shared in _shared_folders(folder_key):
+        present += host.folder_files(shared)
+    return model_choices(present, folder_key)
+
+
+def find_file(folder_key: str, name: str) -> str | None:
+    """The full path of ``name`` in the family's own folders, else in its shared folders, or None."""
+    for key in (folder_key, *_shared_folders(folder_key)):
+        found = host.find_model(key, name)
+        if found is not None:
+            return found
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# licences
+
+
+def licence_problem(name: Any, commercial_only: Any) -> str | None:
+    """Why ``name`` may not be used when the loader's commercial_only switch is on, or None."""
+    if not commercial_only or not isinstance(name, str):
+        return None
+    entry = lookup(os.path.basename(name))
+    if entry is None:
+        return (f"model_name {name!r}: commercial_only is on and this pack does not know the file's licence; "
+                "choose a file listed as allowing commercial use, or turn commercial_only off if you hold "
+                "the rights to this file")
+    if not entry.commercial:
+        return (f"model_name {name!r} is licensed {entry.licence_text()}, and commercial_only is on; choose a "
+                "file whose licence allows commercial use, or turn commercial_only off for non-commercial work")
+    return None
+
+
+def licence_tooltip(folder_key: str) -> str:
+    """The licences of the folder's known files, grouped, for the model_name tooltip."""
+    groups: dict[str, list[str]] = {}
+    for entry in known_files(folder_key):
+        groups.setdefault(entry.terms.summary, []).append(entry.filename)
+    lines = [f"{summary}: {', '.join(names)}" for summary, names in groups.items()]
+    return "Licences (files this pack knows; others: unknown, see where you got them). " + ". ".join(lines) + "."
+
+
+COMMERCIAL_TOOLTIP = ("On: refuse files whose licence does not allow commercial use (and files whose licence this "
+                      "pack does not know), with a message naming the licence. Off (default): any file. The "
+                      "model_name tooltip lists each known file's licence.")
 
 
 def _hidden(name: str) -> bool:
@@ -55,11 +106,11 @@ def missing_model_message(folder_key: str, name: str, folders: Sequence[str], do
         return (f"model_name {name!r} is not in the '{folder_key}' models folder ({where}); place the file "
                 f"in {first}, or choose another file")
     if not entry.on_hub:
-        # Published outside the hub (SegRefiner: Google Drive only): the download toggle cannot help,
-        # so the message must not suggest it.
+        # Published outside the hub (SegRefiner: Google Drive only; RMBG-2.0: gated, bring your own): the
+        # download toggle cannot help, so the message must not suggest it.
         return (f"model_name {name!r} is not in the '{folder_key}' models folder ({where}): it cannot be "
                 f"downloaded automatically; download it by hand from {entry.manual_url} and place it in {first} "
-                f"(keep the name {entry.filename})")
+                f"(keep the name {entry.filename}). Licence: {entry.licence_text()}")
     if download:
         return ""
     return (f"model_name {name!r} is not in the '{folder_key}' models folder ({where}): turn on 'download' "
@@ -70,7 +121,7 @@ def _unsafe(name: str, folder_key: str, problem: str) -> str:
     return f"model_name {name!r} {problem}; choose a file inside the '{folder_key}' models folder"
 
 
-def check_model_choice(family_name: str, name: Any, download: Any = False) -> bool | str:
+def check_model_choice(family_name: str, name: Any, download: Any = False, commercial_only: Any = False) -> bool | str:
     """``validate_inputs`` for a loader: True, or a message that names the folder to use."""
     if name is None:   # the widget was turned into a linked input: nothing to check before running
         return True
@@ -78,7 +129,10 @@ def check_model_choice(family_name: str, name: Any, download: Any = False) -> bo
     problem = name_problem(name)
     if problem:
         return _unsafe(name, folder_key, problem)
-    if host.find_model(folder_key, name) is not None:
+    refused = licence_problem(name, commercial_only)
+    if refused:
+        return refused
+    if find_file(folder_key, name) is not None:
         return True
     return missing_model_message(folder_key, name, host.model_folders(folder_key), bool(download)) or True
 
@@ -88,7 +142,7 @@ def file_fingerprint(family_name: str, name: Any) -> Any:
     the same name makes ComfyUI run the loader again (and the cache, keyed by it, reload)."""
     if not isinstance(name, str) or name_problem(name):
         return name
-    path = host.find_model(family(family_name).folder_key, name)
+    path = find_file(family(family_name).folder_key, name)
     if path is None:
         return ("missing", name)
     st = os.stat(path)
@@ -101,7 +155,7 @@ def model_path(family_name: str, name: str, download: bool) -> str:
     problem = name_problem(name)
     if problem:
         raise InputError(_unsafe(name, folder_key, problem))
-    found = host.find_model(folder_key, name)
+    found = find_file(folder_key, name)
     if found is not None:
         return found
     folders = host.model_folders(folder_key)
@@ -113,15 +167,19 @@ def model_path(family_name: str, name: str, download: bool) -> str:
 
 
 def load_model(family_name: str, name: str, dtype_choice: str = "auto", download: bool = False,
-               **choices: str) -> LoadedModel:
+               commercial_only: bool = False, **choices: str) -> LoadedModel:
     """The cached model for this file/dtype/device(/loader options), read from disk only on a cache miss.
 
     It is built on ComfyUI's offload device; ``host.ComfyRuntime.resident`` moves it to the load
     device when a node runs it.  Two loader nodes naming the same file (and options) share one
     model, as does any other path of the process that loads it (``pdfnet_core.load_cached``).
     ``choices`` are the family's loader options as the widgets give them (e.g. patch_order="auto").
+    ``commercial_only`` refuses a file whose licence does not allow commercial use (or is unknown).
     """
     spec = family(family_name)
+    refused = licence_problem(name, commercial_only)
+    if refused:
+        raise InputError(refused)
     try:
         for option, choice in choices.items():
             spec.option(option).value(choice, os.path.basename(name))   # a bad widget value, before any file work

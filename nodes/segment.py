@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from pdfnet_core import RESIZE_MODES, SegmentOptions, premultiply
+from pdfnet_core import AUTO_SIZE, FAMILIES, RESIZE_MODES, SegmentOptions, premultiply
 
 from . import host
 from .adapters import segment_images, segmenter_of
@@ -14,9 +14,18 @@ SEGMENTER_TYPES = [PDFNetModel, BiRefNetModel]
 
 _UNWIRED = object()   # an optional input that is not connected is absent from the call
 
+# The resolution widget: 0 is the loaded file's own size (its training size; a dynamic file: the
+# image's own); else a square side from MIN_RESOLUTION up to what the largest known file supports
+# (a file's own limit is checked when it runs).
+AUTO_RESOLUTION = AUTO_SIZE
+MIN_RESOLUTION = 256
+MAX_RESOLUTION = max(spec.largest_side() for spec in FAMILIES.values() if spec.segment is not None)
 
-def _options(resolution: int, resize: str, tta: bool) -> SegmentOptions:
-    return SegmentOptions(size=resolution, resize=resize, tta=tta)
+
+def _options(resolution: int, resize: str, tta: bool, second_pass: bool = True,
+             boundary_tiles: bool = False) -> SegmentOptions:
+    return SegmentOptions(size=resolution, resize=resize, tta=tta, second_pass=second_pass,
+                          boundary_tiles=boundary_tiles)
 
 
 class PDFNetSegment(io.ComfyNode):
@@ -45,16 +54,35 @@ class PDFNetSegment(io.ComfyNode):
                     "depth", optional=True, lazy=True,
                     tooltip="Optional depth maps, one per image at the image's size, larger = nearer (e.g. the depth "
                             "output of PDFNet Depth Estimate). Replaces the depth model. Ignored by BiRefNet."),
-                io.Int.Input("resolution", default=1024, min=256, max=2048, step=32,
-                             tooltip="Network resolution (a multiple of 32). PDFNet and most BiRefNet models were "
-                                     "trained at 1024; the HR BiRefNet variants (BiRefNet_HR, _HR-matting) at 2048, "
-                                     "so set 2048 for them. The mask is always returned at the source size."),
-                io.Combo.Input("resize", options=list(RESIZE_MODES), default="squash",
-                               tooltip="squash: stretch to a square, as in training (best on most images). pad: keep "
-                                       "the aspect ratio inside the square, better for very wide or tall images."),
-                io.Boolean.Input("tta", default=False,
+                io.Int.Input("resolution", default=SegmentOptions.size, min=AUTO_RESOLUTION, max=MAX_RESOLUTION, step=32,
+                             tooltip="Network resolution. 0 (auto): the model file's own size: PDFNet and most "
+                                     "BiRefNet models 1024x1024, the HR BiRefNet variants (BiRefNet_HR, _HR-matting) "
+                                     "2048x2048, BiRefNet_lite-2K 2560x1440, BiRefNet_dynamic the image's own size "
+                                     f"(multiples of 32, 256 to 2304). Else a square side, a multiple of 32 from "
+                                     f"{MIN_RESOLUTION} to what the file supports (up to {MAX_RESOLUTION}). The mask "
+                                     "is always returned at the source size."),
+                io.Combo.Input("resize", options=list(RESIZE_MODES), default=SegmentOptions.resize,
+                               tooltip="squash: stretch to the network size, as in training (best on most images). pad: "
+                                       "keep the aspect ratio inside it, better for very wide or tall images."),
+                io.Boolean.Input("tta", default=SegmentOptions.tta,
                                  tooltip="Test-time augmentation: 6 passes (flip x 3 scales) averaged, as in the "
                                          "paper's evaluation. Slightly cleaner edges, 6x slower."),
+                io.Boolean.Input("second_pass", default=SegmentOptions.second_pass, optional=True,
+                                 tooltip="Segment the subject's crop again at full network resolution where that "
+                                         "gives it at least 1.5x the network pixels (a small subject in a large "
+                                         "photo), and blend it in without a seam. Costs nothing when the subject "
+                                         "fills the frame or the photo is no larger than 'resolution'."),
+                io.Boolean.Input("boundary_tiles", default=SegmentOptions.boundary_tiles, optional=True, advanced=True,
+                                 tooltip="For a subject over twice 'resolution' across (a 4000 px subject): run the "
+                                         "model again on full-resolution tiles along its edge. One model run per "
+                                         "tile: slow, for the finest edges of very large photos."),
+                io.Mask.Input("region", optional=True,
+                              tooltip="Optional: where the subject is (any mask, e.g. a rough hand-drawn one; its "
+                                      "box is used). Only that box is segmented (with some context around it); the "
+                                      "mask is 0 outside it. One mask for all images, or one per image."),
+                io.BoundingBox.Input("region_box", optional=True, socketless=False, force_input=True,
+                                     tooltip="Optional: where the subject is, as a box (x, y, width, height) from "
+                                             "another node. Use either this or 'region'."),
             ],
             outputs=[
                 io.Mask.Output("mask", tooltip="Foreground mask, subject = 1, at the source size. Core LoadImage masks "
@@ -71,8 +99,9 @@ class PDFNetSegment(io.ComfyNode):
         # few inputs here keeps ComfyUI's own range and list checks for the others.
         if resolution is None:
             return True
-        if not 256 <= resolution <= 2048:
-            return f"resolution must be between 256 and 2048, got {resolution}"
+        if resolution != AUTO_RESOLUTION and not MIN_RESOLUTION <= resolution <= MAX_RESOLUTION:
+            return (f"resolution must be 0 (auto: the model file's own size) or between {MIN_RESOLUTION} and "
+                    f"{MAX_RESOLUTION}, got {resolution}")
         try:
             _options(resolution, "squash", False).validate()
         except ValueError as exc:
@@ -94,10 +123,12 @@ class PDFNetSegment(io.ComfyNode):
         return []
 
     @classmethod
-    def execute(cls, image, pdfnet_model, resolution, resize, tta, depth_model=None, depth=None) -> io.NodeOutput:
+    def execute(cls, image, pdfnet_model, resolution, resize, tta, depth_model=None, depth=None, second_pass=True,
+                boundary_tiles=False, region=None, region_box=None) -> io.NodeOutput:
         # A runtime per execution: one residency call for its models, batches sized to the free memory.
-        masks = segment_images(image, pdfnet_model, _options(resolution, resize, tta), host.ComfyRuntime(),
-                               depth_model=depth_model, depth=depth)
+        options = _options(resolution, resize, tta, second_pass, boundary_tiles)
+        masks = segment_images(image, pdfnet_model, options, host.ComfyRuntime(), depth_model=depth_model, depth=depth,
+                               region=region, region_box=region_box)
         cutout = premultiply(image[..., :3].to(masks.device, masks.dtype), masks)
         return io.NodeOutput(host.to_output(masks), host.to_output(cutout))
 

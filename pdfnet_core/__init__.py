@@ -40,14 +40,18 @@ _export("pdfnet_core.loading", "load_cached")
 _export("pdfnet_core.defaults", "default_model", "default_model_path", "models_dir")
 # running models
 _export("pdfnet_core.pipeline", "segment", "segmenter")
-_export("pdfnet_core.segment_options", "SegmentOptions", "RESIZE_MODES")
+_export("pdfnet_core.segment_options", "SegmentOptions", "RESIZE_MODES", "AUTO_SIZE")
 _export("pdfnet_core.depth", "estimate_depth", "depth_prior", "normalize_depth")
 _export("pdfnet_core.memory", "fitting_batch", "free_bytes")
 # tensor operations
 _export("pdfnet_core.ops.checks", "InputError", "InputTypeError", "check_image", "check_mask", "check_same_size",
         "batch_pair")
 _export("pdfnet_core.ops.refine", "refine_mask", "RefineConfig", "temporal_smooth", "GUIDES", "TEMPORAL_METHODS")
+_export("pdfnet_core.ops.refine", "keep_largest_component", "keep_central_component", "KEEP_COMPONENT")
 _export("pdfnet_core.ops.foreground", "estimate_foreground", "FOREGROUND_METHODS")
+_export("pdfnet_core.ops.matting", "matte", "MattingConfig", "MATTING_FOREGROUND", "ALPHA_SOURCES")
+_export("pdfnet_core.ops.trimap", "TrimapConfig", "make_trimap")
+_export("pdfnet_core.ops.despill", "DespillConfig", "DESPILL_CHOICES", "despill")
 _export("pdfnet_core.ops.composite", "composite_over_color", "composite_over_image", "premultiply", "to_rgba",
         "FIT_MODES")
 

@@ -20,19 +20,23 @@ from tqdm import tqdm
 
 from .batch.runner import run_cutout
 from .batch.config import DEFAULT_MAX_PIXELS, ENGINES, MAX_PIXELS_ENV, OUTPUT_FORMATS, CutoutConfig, Shard, UsageError
-from .defaults import family_folder
+from .catalogue import ModelChoice, ModelChoiceError, catalogue, format_catalogue, resolve_model_choice, segmenter_names
+from .defaults import family_folder, models_dir
 from .download import ModelDownloadError, ensure_model_file
 from .exit_status import HELP as EXIT_STATUSES
 from .exit_status import ExitStatus
-from .families import lookup
+from .families import family, lookup
 from .fingerprints import PDFNET, identify
 from .models.pdfnet.loader import load_pdfnet
 from .models.pdfnet.net import REVISIONS
 from .models.pdfnet.revision import METADATA_EVIDENCE_KEY, METADATA_KEY, revision_evidence, source_facts
 from .ops.composite import FIT_MODES
+from .ops.despill import DESPILL_CHOICES, key_color
 from .ops.foreground import FOREGROUND_METHODS
+from .ops.matting import ALPHA_SOURCES
+from .ops.refine import GUIDES, RefineConfig
 from .precision import DTYPE_CHOICES, DTYPES, allow_tf32, default_dtype_name, resolve_device
-from .segment_options import RESIZE_MODES, SegmentOptions
+from .segment_options import AUTO_SIZE, RESIZE_MODES, SegmentOptions
 from .train.commands import add_parsers
 from .weights import CheckpointError, read_state_dict, save_safetensors
 
@@ -58,6 +62,12 @@ def run_convert(args: argparse.Namespace) -> int:
         note = f", revision {revision}" if revision else ", revision unknown (not recorded)"
     target = save_safetensors(state, args.target, args.dtype, metadata=metadata)
     print(f"wrote {target} ({family.description}, {args.dtype}{note}, {target.stat().st_size / 2**20:.1f} MiB)")
+    return ExitStatus.OK
+
+
+def run_models(args: argparse.Namespace) -> int:
+    root = args.models_dir or models_dir()
+    print(format_catalogue(catalogue(root), root, commercial_only=args.commercial_only))
     return ExitStatus.OK
 
 
@@ -89,21 +99,71 @@ def _parser() -> argparse.ArgumentParser:
                                              "(s3://bucket/photos, gs://..., file:///...)")
     c.add_argument("--out", required=True, type=Path, help="output folder (nothing is written elsewhere)")
     c.add_argument("-r", "--recursive", action="store_true", help="descend into sub-folders (kept in --out)")
-    c.add_argument("--weights", type=Path, help="PDFNet checkpoint (.pth or .safetensors)")
+    c.add_argument("--model", default=CutoutConfig.model,
+                   help=f"segmentation model: {' or '.join(segmenter_names())} (its default file, or --weights), a "
+                        "known file name (python -m pdfnet_core models lists them, e.g. BiRefNet_HR.safetensors) or "
+                        "a path to a checkpoint")
+    c.add_argument("--weights", type=Path, help="checkpoint (.pth or .safetensors) of the --model family "
+                                               "(default: PDFNet)")
+    c.add_argument("--patch-order", choices=list(family("birefnet").option("patch_order").choices),
+                   default=CutoutConfig.patch_order,
+                   help="BiRefNet: how the image is cut into patches (auto: as the known file was trained; see the "
+                        "loader node's patch_order)")
     c.add_argument("--depth-weights", type=Path, help="Depth-Anything-V2 checkpoint (default: Small, Apache-2.0)")
     c.add_argument("--depth-dir", type=Path, help="use depth maps from this folder (same names) instead of a depth model")
     c.add_argument("--models-dir", type=Path, help="models folder (default $PDFNET_MODELS_DIR or ~/.cache/pdfnet/models)")
     c.add_argument("--download", action="store_true", help="download missing weights from the Hugging Face hub "
                                                           "(also: PDFNET_DOWNLOAD=1)")
-    c.add_argument("--size", type=int, default=SegmentOptions.size,
-                   help=f"network resolution, multiple of 32 (trained at {SegmentOptions.size})")
+    c.add_argument("--size", type=_size, default=SegmentOptions.size,
+                   help="network resolution: auto (the default, as in the node): the model file's own size "
+                        "(PDFNet and most BiRefNet files 1024, BiRefNet_HR 2048x2048, BiRefNet_lite-2K 2560x1440, "
+                        "BiRefNet_dynamic near the image's own size); or a square side, a multiple of 32 up to what "
+                        "the file supports")
     c.add_argument("--resize", choices=RESIZE_MODES, default=SegmentOptions.resize,
                    help="squash (as trained) or pad (keep aspect)")
     c.add_argument("--tta", action="store_true", help="6-pass flip x scale test-time augmentation (paper's evaluation; 6x slower)")
     c.add_argument("--no-quantize-depth", dest="quantize_depth", action="store_false", help="keep the depth prior in float")
+    c.add_argument("--no-second-pass", dest="second_pass", action="store_false",
+                   help="do not segment the subject's crop again (by default it is, where that gives the subject "
+                        "at least 1.5x the network pixels)")
+    c.add_argument("--boundary-tiles", action="store_true",
+                   help="for a subject over twice --size across: run the network again on full-resolution tiles "
+                        "along its edge (one forward per tile)")
+    r = c.add_argument_group("mask refinement (as PDFNet Refine Mask; every step off by default)")
+    r.add_argument("--threshold", type=float, default=RefineConfig.threshold_low,
+                   help="hard threshold: 1 where the mask >= this (with --threshold-high: a soft ramp)")
+    r.add_argument("--threshold-high", type=float, default=RefineConfig.threshold_high,
+                   help="top of the soft ramp that starts at --threshold")
+    r.add_argument("--remove-islands", type=int, default=RefineConfig.island_min_area, metavar="PIXELS",
+                   help="remove foreground specks smaller than this many pixels")
+    r.add_argument("--fill-holes", action="store_true", default=RefineConfig.fill_holes,
+                   help="fill background holes enclosed by the subject")
+    r.add_argument("--hole-max-area", type=int, default=RefineConfig.hole_max_area, metavar="PIXELS",
+                   help="with --fill-holes: only holes up to this many pixels")
+    r.add_argument("--grow", type=int, default=RefineConfig.grow_pixels, metavar="PIXELS",
+                   help="grow (positive) or shrink (negative, e.g. --grow=-3) the mask")
+    r.add_argument("--guided-radius", "--guided-filter", dest="guided_radius", type=int,
+                   default=RefineConfig.guided_radius, metavar="PIXELS",
+                   help="guided filter radius: snaps soft edges to the image's edges")
+    r.add_argument("--guided-eps", type=float, default=RefineConfig.guided_eps,
+                   help="guided filter regularisation (smaller keeps finer edges)")
+    r.add_argument("--guide", choices=list(GUIDES), default=RefineConfig.guide, help="guided filter guide")
+    r.add_argument("--feather", type=float, default=RefineConfig.feather_sigma, metavar="SIGMA",
+                   help="Gaussian feathering sigma in pixels")
     c.add_argument("--format", dest="fmt", choices=sorted(OUTPUT_FORMATS), default="png", help="cut-out file format")
     c.add_argument("--no-rgba", dest="rgba", action="store_false", help="do not write the RGBA cut-out")
-    c.add_argument("--mask", action="store_true", help="also write the mask as NAME_mask.png (white = subject)")
+    c.add_argument("--mask", action="store_true",
+                   help="also write the final alpha as NAME_mask.png (white = subject)")
+    c.add_argument("--mask-dir", type=Path,
+                   help="refine existing masks from this folder (white = subject, same names as the images) "
+                        "instead of segmenting: no segmentation model is loaded")
+    c.add_argument("--alpha", choices=list(ALPHA_SOURCES), default=CutoutConfig.alpha,
+                   help="mask: the mask as it is; guided: guided-filtered to the photo's edges; matting: "
+                        "closed-form matting of a band around the mask edge (recovers hair the network lost; "
+                        "seconds per photo)")
+    c.add_argument("--despill", type=_despill, default=CutoutConfig.despill, metavar="{" + ",".join(DESPILL_CHOICES)
+                   + ",#RRGGBB}", help="remove a keyed background's colour cast from the subject's colours (auto: "
+                                       "the key read from the background; nothing where it is not a coloured screen)")
     g = c.add_mutually_exclusive_group()
     g.add_argument("--background", help="also write NAME_composite over this colour ('#RRGGBB')")
     g.add_argument("--background-image", type=Path, help="also write NAME_composite over this image")
@@ -150,12 +210,44 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("target", type=Path)
     v.add_argument("--dtype", choices=list(DTYPES), default="fp32")
 
+    m = sub.add_parser("models", help="list the known model files: licence, size, whether present")
+    m.add_argument("--models-dir", type=Path, help="models folder (default $PDFNET_MODELS_DIR or ~/.cache/pdfnet/models)")
+    m.add_argument("--commercial-only", action="store_true", help="only files whose licence allows commercial use")
+
     d = sub.add_parser("download", help="download a known model file from the Hugging Face hub")
     d.add_argument("name", help="file name, e.g. PDFNet_Best.pth or depth_anything_v2_vits.pth")
     d.add_argument("--dir", help="target folder (default: MODELS_DIR/<folder>)")
     d.add_argument("--models-dir", type=Path)
     add_parsers(sub)   # train / evaluate: the training code loads when one runs
     return p
+
+
+def _despill(text: str) -> str:
+    try:
+        key_color(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _size(text: str) -> int:
+    if text == "auto":
+        return AUTO_SIZE
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--size must be a number or auto, got {text!r}") from None
+
+
+def _size_problem(choice: ModelChoice, size: int) -> str | None:
+    """Why the model file --model names cannot run at --size (from its known facts), or None."""
+    spec = choice.spec
+    name = choice.known.filename if choice.known is not None else \
+        choice.path.name if choice.path is not None else spec.default_file
+    entry = lookup(name) if name else None
+    canvas = spec.entry_canvas(entry) if entry is not None and entry.arch == spec.name else spec.canvas()
+    problem = canvas.problem(size)
+    return None if problem is None else f"--size: {name or spec.label}: {problem}"
 
 
 def _batch_size(text: str) -> int | str:
@@ -189,6 +281,7 @@ def _max_pixels(value: int | None) -> int:
 def _cutout_config(args: argparse.Namespace) -> CutoutConfig:
     try:
         segment = SegmentOptions(size=args.size, resize=args.resize, tta=args.tta, quantize_depth=args.quantize_depth,
+                                 second_pass=args.second_pass, boundary_tiles=args.boundary_tiles,
                                  batch_size=1 if args.batch_size == "auto" else args.batch_size).validate()
     except ValueError as exc:   # its message starts with the option's name: say it as the flag
         option, _, problem = str(exc).partition(" ")
@@ -199,6 +292,13 @@ def _cutout_config(args: argparse.Namespace) -> CutoutConfig:
     values = {k: v for k, v in vars(args).items() if k in keys}
     values["inputs"] = tuple(args.inputs)
     values["segment"] = segment
+    values["refine"] = _refine_config(args)
+    try:
+        choice = resolve_model_choice(args.model, args.weights)   # before any model loads: a bad name is usage
+    except ModelChoiceError as exc:
+        raise UsageError(str(exc)) from None
+    if (problem := _size_problem(choice, segment.size)) is not None:
+        raise UsageError(problem)
     values["auto_batch"] = args.batch_size == "auto"
     device = resolve_device(args.device)
     values["dtype"] = args.dtype or default_dtype_name(device)
@@ -217,8 +317,30 @@ def _cutout_config(args: argparse.Namespace) -> CutoutConfig:
     return CutoutConfig(**values)
 
 
+def _refine_config(args: argparse.Namespace) -> RefineConfig | None:
+    """The refinement flags as a RefineConfig (None: every step off, as by default)."""
+    config = RefineConfig(threshold_low=args.threshold, threshold_high=args.threshold_high,
+                          island_min_area=args.remove_islands, fill_holes=args.fill_holes,
+                          hole_max_area=args.hole_max_area, grow_pixels=args.grow, guided_radius=args.guided_radius,
+                          guided_eps=args.guided_eps, guide=args.guide, feather_sigma=args.feather)
+    for flag, bad, rule in (
+            ("--threshold", args.threshold is not None and not 0 <= args.threshold <= 1, "must be in 0..1"),
+            ("--threshold-high", args.threshold_high is not None and
+             (args.threshold is None or not args.threshold < args.threshold_high <= 1),
+             "needs --threshold, and must be above it and at most 1"),
+            ("--remove-islands", args.remove_islands < 0, "must not be negative"),
+            ("--hole-max-area", args.hole_max_area is not None and args.hole_max_area < 1, "must be positive"),
+            ("--guided-radius", args.guided_radius < 0, "must not be negative"),
+            ("--guided-eps", args.guided_eps <= 0, "must be positive"),
+            ("--feather", args.feather < 0, "must not be negative")):
+        if bad:
+            raise UsageError(f"{flag} {rule}")
+    return None if config == RefineConfig() else config
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "cutout": lambda args: run_cutout(_cutout_config(args)),
+    "models": run_models,
     "convert": run_convert,
     "download": run_download,
 }

@@ -18,10 +18,40 @@ from torch import nn
 
 from .fingerprints import Fingerprint
 from .precision import as_dtype
+from .segment_options import Canvas
 
 HF_ENDPOINT = "https://huggingface.co"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
+
+
+# --------------------------------------------------------------------------------------------
+# licences
+
+
+@dataclass(frozen=True)
+class Licence:
+    """A licence a known file is published under, and whether it allows commercial use.
+
+    ``commercial`` is what the licence text says, not legal advice; ``url`` where to read it.
+    """
+
+    name: str
+    commercial: bool
+    url: str
+
+    @property
+    def summary(self) -> str:
+        """For lists and tooltips: "MIT, commercial use allowed"."""
+        return f"{self.name}, {'commercial use allowed' if self.commercial else 'non-commercial use only'}"
+
+
+# Every licence a known file names, once; an entry names one of these by its key.
+LICENCES: dict[str, Licence] = {lic.name: lic for lic in (
+    Licence("MIT", True, "https://opensource.org/license/mit"),
+    Licence("Apache-2.0", True, "https://www.apache.org/licenses/LICENSE-2.0"),
+    Licence("CC-BY-NC-4.0", False, "https://creativecommons.org/licenses/by-nc/4.0/"),
+)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -40,7 +70,10 @@ class ModelEntry:
     the weights were trained at, where it matters to the caller; ``patch_order`` is BiRefNet's
     patch-channel order, None where it is not known.  A file published only outside the hub has
     ``repo_id=""`` and ``manual_url`` (the publisher's page): it is never downloaded automatically,
-    and the messages say where to get it and where to put it.
+    and the messages say where to get it and where to put it.  ``licence`` is a key of ``LICENCES``;
+    ``licence_note`` what else a user should know (whose terms, what was not verified).
+    ``approx_bytes``: the published file's size as far as known, for listings only (``size_bytes``,
+    when given, is exact and checked after a download).
     """
 
     filename: str
@@ -60,12 +93,32 @@ class ModelEntry:
     # PDFNet's code revision ("v1"/"v2") the weights were trained with; read only when a copy of the
     # file has lost the entries that show it (models/pdfnet/revision.py).  Not the hub's ``revision``.
     pdfnet_revision: str | None = None
+    licence_note: str = ""
+    approx_bytes: int | None = None
+    # (smallest, largest) network side of weights trained at many sizes (BiRefNet_dynamic); None: one size
+    dynamic_sides: tuple[int, int] | None = None
 
     @property
     def on_hub(self) -> bool:
         return bool(self.repo_id)
 
+    @property
+    def terms(self) -> Licence:
+        return LICENCES[self.licence]
+
+    @property
+    def commercial(self) -> bool:
+        """Whether its licence allows commercial use."""
+        return self.terms.commercial
+
+    def licence_text(self) -> str:
+        """The licence as listings and messages say it: "MIT, commercial use allowed (note)"."""
+        return self.terms.summary + (f" ({self.licence_note})" if self.licence_note else "")
+
     def __post_init__(self) -> None:
+        if self.licence not in LICENCES:
+            raise ValueError(f"registry entry {self.filename!r}: licence {self.licence!r} is not one of "
+                             f"{', '.join(LICENCES)} (add it to specs.LICENCES)")
         if bool(self.repo_id) == bool(self.manual_url):
             raise ValueError(f"registry entry {self.filename!r}: give either a hub repo_id or a manual_url")
         if not self.hf_filename:
@@ -117,10 +170,17 @@ class InputContract:
 
     size_multiple: int = 1                     # square side (segmenters) or patch size (ViT) multiple
     needs_depth: bool = False                  # segmenters: takes a depth map beside the image
+    # Segmenters: the (height, width) the family's files are trained at where a file's entry says
+    # nothing else, and the largest network side a request may ask for unless a file's facts allow
+    # more (2048: twice the 1024 training size, and the size the HR BiRefNet files were trained at).
+    train_hw: tuple[int, int] = (1024, 1024)
+    max_side: int = 2048
 
 
-# (model, normalised image [B,3,S,S], depth [B,1,S,S] or None) -> logits [B,1,S,S]
+# (model, normalised image [B,3,H,W], depth [B,1,H,W] or None) -> logits [B,1,H,W]
 SegmentFn = Callable[[nn.Module, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+# (module) -> (train_hw, dynamic_sides) its loader recorded from its file's entry (None: the family's)
+FileSizesFn = Callable[[nn.Module], "tuple[tuple[int, int] | None, tuple[int, int] | None]"]
 # (height, width, variant) of the network input -> activation elements of one forward pass of one image
 ActivationFn = Callable[[int, int, "str | None"], float]
 # (height, width, variant, device, dtype) -> bytes one image needs on that device beyond ``activation``
@@ -187,6 +247,11 @@ class FamilySpec:
     # Activation bytes per image that a device other than the CPU adds (BiRefNet: torchvision's
     # deformable-convolution columns); None: the same everywhere.
     device_extra: DeviceExtraFn | None = None
+    # Other ComfyUI model folders that hold this family's files too, listed and read after its own
+    # (BiRefNet: core's "background_removal", where ComfyUI keeps its own BiRefNet files).
+    shared_folders: tuple[str, ...] = ()
+    # Segmenters: what a loaded module knows of its file's network sizes (``canvas``).
+    file_sizes: FileSizesFn = lambda module: (None, None)
 
     def __post_init__(self) -> None:
         if not self.fingerprints or any(fp.label != self.label for fp in self.fingerprints):
@@ -228,6 +293,20 @@ class FamilySpec:
     def describe_module(self, module: nn.Module) -> str:
         return self.describe(module) if self.describe is not None else self.label
 
+    def canvas(self, train_hw: tuple[int, int] | None = None, dynamic: tuple[int, int] | None = None) -> Canvas:
+        """The network sizes of a file with these facts (a ModelEntry's ``train_hw``, ``dynamic_sides``;
+        None: the family's): it may always ask up to the family's ``max_side``, and up to what it
+        was trained at beyond that (BiRefNet_lite-2K: 2560, BiRefNet_dynamic: 2304)."""
+        hw = train_hw or self.inputs.train_hw
+        return Canvas(hw, max(self.inputs.max_side, *hw, *(dynamic or ())), dynamic, self.inputs.size_multiple)
+
+    def entry_canvas(self, entry: ModelEntry) -> Canvas:
+        return self.canvas(entry.train_hw, entry.dynamic_sides)
+
+    def largest_side(self) -> int:
+        """The largest network side any file of the family supports (widget and flag limits)."""
+        return max([self.canvas().max_side] + [self.entry_canvas(e).max_side for e in self.files])
+
 
 @dataclass(frozen=True)
 class LoadedModel:
@@ -257,6 +336,11 @@ class LoadedModel:
 
     def describe(self) -> str:
         return self.spec.describe_module(self.module)
+
+    @property
+    def canvas(self) -> Canvas:
+        """The network sizes this model's file supports."""
+        return self.spec.canvas(*self.spec.file_sizes(self.module))
 
 
 # The two callbacks of the long-running functions (segment, estimate_depth, depth_prior):

@@ -1,14 +1,27 @@
 // Before/after slider on the PDFNet Compare node.
-// The node (nodes/preview.py) saves the input and the result as temp PNGs and returns them under
+// The node (nodes/compare.py) saves the input and the result as temp PNGs and returns them under
 // the ui keys "pdfnet_before" / "pdfnet_after" (not "images", so the frontend does not draw its
-// own preview on top of ours). This file only draws them: the left part of the split shows the
-// input, the right part the result over a checkerboard, so transparency is visible.
+// own preview on top of the slider).
+// Where the server declares core's IMAGECOMPARE widget (ComfyUI 0.13+), that widget is the slider:
+// its value {beforeImages, afterImages} is what the Nodes 2.0 renderer draws, and on the classic
+// canvas (where core draws only a "Nodes 2.0 only" notice) this file gives the same widget a canvas
+// drawing. On an older ComfyUI this file adds its own canvas widget. Left of the split: the input;
+// right: the result (on the canvas over a checkerboard, so transparency is visible).
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
 const NODE_ID = "PDFNetCompare";
 const WIDGET = "pdfnet_compare";
+const CORE_TYPE = "IMAGECOMPARE";
 const MIN_HEIGHT = 200;
+
+// The name of the node's IMAGECOMPARE input (core's slider widget), or null where the server lacks it.
+function coreViewInput(nodeData) {
+  for (const group of [nodeData.input?.required, nodeData.input?.optional]) {
+    for (const [name, spec] of Object.entries(group || {})) if (spec?.[0] === CORE_TYPE) return name;
+  }
+  return null;
+}
 
 function viewUrl(item) {
   const q = new URLSearchParams({ filename: item.filename, subfolder: item.subfolder || "", type: item.type || "temp" });
@@ -45,14 +58,10 @@ function fit(img, x, y, w, h) {
   return [x + (w - dw) / 2, y + (h - dh) / 2, dw, dh];
 }
 
-function makeWidget(node) {
-  const widget = {
-    name: WIDGET,
-    type: "pdfnet_compare",
-    value: null,
-    // Display only: nothing to save in the workflow or to send to the server.
-    serialize: false,
-    options: { serialize: false },
+// The slider's state and its classic-canvas drawing, in the legacy custom-widget interface
+// (draw/computeSize/mouse), which LiteGraph calls on any widget that has them.
+function canvasSlider() {
+  return {
     split: 0.5,          // 0..1 across the picture
     index: 0,            // which image of a batch
     pairs: [],           // [{ before: Image, after: Image }]
@@ -117,7 +126,33 @@ function makeWidget(node) {
       return true;
     },
   };
+}
+
+function ownWidget() {
+  return {
+    name: WIDGET,
+    type: "pdfnet_compare",
+    value: null,
+    // Display only: nothing to save in the workflow or to send to the server. canvasOnly: the
+    // Nodes 2.0 renderer skips it (it cannot draw a canvas widget).
+    serialize: false,
+    options: { serialize: false, canvasOnly: true },
+    ...canvasSlider(),
+  };
+}
+
+// Core's widget is a class instance: the classic canvas hands it clicks and drags (onClick/onDrag
+// with the canvas event) instead of calling mouse().
+function adoptCoreWidget(widget) {
+  Object.assign(widget, canvasSlider());
+  const press = ({ e, node }) => widget.setSplitFromX(e.canvasX - node.pos[0], node);
+  widget.onClick = press;
+  widget.onDrag = press;
   return widget;
+}
+
+function viewUrls(items) {
+  return (items || []).map(viewUrl);
 }
 
 app.registerExtension({
@@ -125,10 +160,13 @@ app.registerExtension({
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (nodeData.name !== NODE_ID) return;
 
+    const coreName = coreViewInput(nodeData);
     const onNodeCreated = nodeType.prototype.onNodeCreated;
     nodeType.prototype.onNodeCreated = function () {
       const r = onNodeCreated?.apply(this, arguments);
-      this.pdfnetCompare = this.addCustomWidget(makeWidget(this)) || this.widgets.find((w) => w.name === WIDGET);
+      const core = coreName && this.widgets?.find((w) => w.name === coreName);
+      this.pdfnetCompare = core ? adoptCoreWidget(core)
+        : this.addCustomWidget(ownWidget()) || this.widgets.find((w) => w.name === WIDGET);
       this.setSize([Math.max(this.size[0], 320), Math.max(this.size[1], 300)]);
       return r;
     };
@@ -148,6 +186,11 @@ app.registerExtension({
       const after = message?.pdfnet_after || [];
       const w = this.pdfnetCompare;
       if (!w) return;
+      if (coreName) {
+        // what the Nodes 2.0 widget draws (core's own ImageCompare node sets the same value)
+        w.value = { beforeImages: viewUrls(before), afterImages: viewUrls(after) };
+        w.callback?.(w.value);
+      }
       const n = Math.max(before.length, after.length);
       // A batch of one input against many results (or the reverse) reuses the single picture.
       const jobs = [];

@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..segment_options import SegmentOptions
+
+if TYPE_CHECKING:   # a type only: ops.refine imports torch, which this module does not
+    from ..ops.refine import RefineConfig
 
 OUTPUT_FORMATS = {"png": ".png", "webp": ".webp"}
 ENGINES = ("local", "ray")
@@ -47,6 +51,9 @@ class CutoutConfig:
     out: Path
     recursive: bool = False
     weights: Path | None = None
+    # the segmentation model: a family name (its default file, or --weights), a known file name or a path
+    model: str = "pdfnet"
+    patch_order: str = "auto"        # BiRefNet's loader option (the node's patch_order)
     depth_weights: Path | None = None
     depth_dir: Path | None = None
     models_dir: Path | None = None
@@ -60,6 +67,10 @@ class CutoutConfig:
     background_image: Path | None = None
     fit: str = "cover"
     foreground: str = "multilevel"
+    alpha: str = "mask"              # where the alpha comes from: a name of ops.matting.ALPHA_SOURCES
+    mask_dir: Path | None = None     # refine these masks (white = subject, same names) instead of segmenting
+    despill: str = "none"            # none | auto | green | blue | #RRGGBB
+    refine: "RefineConfig | None" = None   # the mask refinement of PDFNet Refine Mask; None: none
     overwrite: bool = False
     retry_failed: bool = False
     device: str = "auto"
@@ -103,7 +114,18 @@ class CutoutConfig:
                   "depth_dir": None if self.depth_dir is None else str(self.depth_dir.resolve()),
                   "models_dir": None if self.models_dir is None else str(self.models_dir.resolve()),
                   "size": self.segment.size, "resize": self.segment.resize, "tta": self.segment.tta,
-                  "quantize_depth": self.segment.quantize_depth,
+                  "quantize_depth": self.segment.quantize_depth, "second_pass": self.segment.second_pass,
+                  "boundary_tiles": self.segment.boundary_tiles,
                   "background": self.background, "background_image": ident(self.background_image),
                   "fit": self.fit, "foreground": self.foreground, "dtype": self.dtype, "revision": self.revision}
+        # added only when set, so outputs made before these settings existed stay done
+        if self.model != "pdfnet" or self.patch_order != "auto":
+            fields.update(model=ident(Path(self.model)) if Path(self.model).is_file() else self.model,
+                          patch_order=self.patch_order)
+        if self.refine is not None:
+            fields["refine"] = asdict(self.refine)
+        # Only where they differ from the defaults, so outputs made before these settings existed stay done.
+        extra = {"alpha": self.alpha, "despill": self.despill,
+                 "mask_dir": None if self.mask_dir is None else str(self.mask_dir.resolve())}
+        fields.update({k: v for k, v in extra.items() if v != getattr(CutoutConfig, k)})
         return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]

@@ -50,6 +50,11 @@ def check_setup(cfg: CutoutConfig) -> None:
         raise UsageError(f"--background-image {cfg.background_image}: no such file")
     if cfg.depth_dir is not None and not cfg.depth_dir.is_dir():
         raise UsageError(f"--depth-dir {cfg.depth_dir}: no such folder")
+    if cfg.mask_dir is not None:
+        if not cfg.mask_dir.is_dir():
+            raise UsageError(f"--mask-dir {cfg.mask_dir}: no such folder")
+        if cfg.engine == "ray":
+            raise UsageError("--mask-dir runs on this machine only: drop --engine ray")
     for flag, path in (("--weights", cfg.weights), ("--depth-weights", cfg.depth_weights)):
         if path is not None and not path.is_file():
             raise UsageError(f"{flag} {path}: no such file")

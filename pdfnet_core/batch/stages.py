@@ -20,13 +20,18 @@ import torch
 from PIL import Image
 
 from .. import pipeline
-from ..defaults import model_file
+from ..catalogue import resolve_model_choice
+from ..defaults import download_allowed, family_folder, model_file
+from ..download import ensure_model_file
 from ..families import family
 from ..loading import load_cached
 from ..memory import fitting_batch, free_bytes
 from ..ops.composite import composite_over_color, composite_over_image, to_rgba
+from ..ops.despill import DespillConfig, remove_spill
 from ..ops.foreground import estimate_foreground
+from ..ops.matting import MattingConfig, alpha_from_mask
 from ..ops.images import to_uint8
+from ..ops.refine import refine_mask
 from ..precision import dtype_for, resolve_device
 from ..specs import LoadedModel
 from .config import OUTPUT_FORMATS, CutoutConfig
@@ -75,6 +80,12 @@ class CutoutModels:
     pdfnet: LoadedModel | None
     depth: LoadedModel | None
 
+    def network_side(self, item: "Decoded", cfg: CutoutConfig) -> int | None:
+        """The longer side of the network input the item's image ran at; None where no segmenter ran."""
+        if self.pdfnet is None or item.image is None:
+            return None
+        return max(self.pdfnet.canvas.network_hw(item.image.shape[0], item.image.shape[1], cfg.segment.size))
+
     def segment(self, images: list[torch.Tensor], depth: list[torch.Tensor] | None, cfg: CutoutConfig,
                 progress: Callable[[int, int], None] | None = None) -> list[torch.Tensor]:
         # pipeline.segment looked up at call time: the fault tests put a stand-in there
@@ -88,6 +99,7 @@ class Decoded:
     stat: tuple[int, int] | None
     image: torch.Tensor | None = None      # [H,W,3] float
     depth: torch.Tensor | None = None      # [H,W] from --depth-dir
+    mask: torch.Tensor | None = None       # [H,W] in 0..1 from --mask-dir: segmentation is skipped
     error: str | None = None
     stages: dict[str, float] = field(default_factory=dict)
 
@@ -136,12 +148,24 @@ def release_memory() -> None:
 
 
 def load_models(cfg: CutoutConfig) -> CutoutModels:
-    """PDFNet and (unless --depth-dir) Depth-Anything-V2, each loaded once through the model cache."""
+    """The --model segmenter (default PDFNet) and, where it needs depth and there is no --depth-dir,
+    Depth-Anything-V2, each loaded once through the model cache."""
+    if cfg.mask_dir is not None:   # the masks are given: nothing to segment
+        return CutoutModels(None, None)
     device = resolve_device(cfg.device)
-    weights = model_file("pdfnet", cfg.weights, cfg.models_dir, cfg.download or None)
-    pdfnet = load_cached("pdfnet", weights, device=device, dtype=dtype_for(cfg.dtype, family("pdfnet").auto_dtypes, device),
-                         revision=cfg.revision)
-    return CutoutModels(pdfnet, None if cfg.depth_dir is not None else load_depth_model(cfg))
+    choice = resolve_model_choice(cfg.model, cfg.weights)
+    spec = choice.spec
+    if choice.known is not None:
+        weights = ensure_model_file(choice.known, family_folder(spec.name, cfg.models_dir),
+                                    allow_download=download_allowed(cfg.download or None))
+    else:
+        weights = model_file(spec.name, choice.path, cfg.models_dir, cfg.download or None)
+    # the loader options this family takes, by the names its spec gives them (revision, patch_order)
+    given = {"revision": cfg.revision, "patch_order": cfg.patch_order}
+    options = {opt.name: given[opt.name] for opt in spec.options if opt.name in given}
+    net = load_cached(spec, weights, device=device, dtype=dtype_for(cfg.dtype, spec.auto_dtypes, device), **options)
+    needs_depth = spec.inputs.needs_depth and cfg.depth_dir is None
+    return CutoutModels(net, load_depth_model(cfg) if needs_depth else None)
 
 
 def auto_batch_size(cfg: CutoutConfig, models: CutoutModels) -> int:
@@ -149,7 +173,7 @@ def auto_batch_size(cfg: CutoutConfig, models: CutoutModels) -> int:
     device (1 on a CPU), once the models are loaded there."""
     if models.pdfnet is None:
         return 1
-    per_image = models.pdfnet.activation_bytes(cfg.segment.network_side(), 1)
+    per_image = models.pdfnet.activation_bytes(cfg.segment.network_hw(models.pdfnet.canvas), 1)
     return fitting_batch(per_image, free_bytes(models.pdfnet.device))
 
 
@@ -166,15 +190,23 @@ def load_depth_model(cfg: CutoutConfig) -> LoadedModel:
 # the stages
 
 
-def _depth_file(job: Job, cfg: CutoutConfig) -> Path:
-    # depth maps are named after the source (a renamed output, see distinct_outputs, keeps it)
+def _depth_file(job: Job, cfg: CutoutConfig, root: Path | None = None, what: str = "depth map") -> Path:
+    # depth maps (and --mask-dir masks) are named after the source (a renamed output, see
+    # distinct_outputs, keeps it)
     rel = Path(job.stem.parent.as_posix()) / job.source_stem
-    folder = (cfg.depth_dir / rel).parent
+    folder = ((root or cfg.depth_dir) / rel).parent
     found = next((p for p in sorted(folder.glob(glob.escape(rel.name) + ".*")) if p.suffix.lower() in IMAGE_SUFFIXES),
                  None)
     if found is None:
-        raise ValueError(f"no depth map named {rel.name}.* in {folder}")
+        raise ValueError(f"no {what} named {rel.name}.* in {folder}")
     return found
+
+
+def read_mask(path: Path, max_pixels: int) -> torch.Tensor:
+    """A --mask-dir mask [H,W] in 0..1 (white = subject) from an 8- or 16-bit or float file."""
+    mask = read_depth(path, max_pixels)
+    top = float(mask.max()) if mask.numel() else 0.0
+    return (mask / (65535.0 if top > 255 else 255.0 if top > 1 else 1.0)).clamp_(0, 1)
 
 
 def decode(job: Job, cfg: CutoutConfig) -> Decoded:
@@ -191,11 +223,17 @@ def decode(job: Job, cfg: CutoutConfig) -> Decoded:
                 raise ValueError(f"the depth map {path} is {item.depth.shape[0]}x{item.depth.shape[1]} but the "
                                  f"image is {item.image.shape[0]}x{item.image.shape[1]}; a depth map must have "
                                  "its image's size")
+        if cfg.mask_dir is not None:
+            path = _depth_file(job, cfg, cfg.mask_dir, "mask")
+            item.mask = read_mask(path, cfg.max_pixels)
+            if tuple(item.mask.shape) != tuple(item.image.shape[:2]):
+                raise ValueError(f"the mask {path} is {item.mask.shape[0]}x{item.mask.shape[1]} but the image is "
+                                 f"{item.image.shape[0]}x{item.image.shape[1]}; a mask must have its image's size")
     except Exception as exc:
         reason = file_failure(exc)
         if reason is None:
             raise
-        item.image = item.depth = None
+        item.image = item.depth = item.mask = None
         item.error = reason
     item.stages["decode"] = time.perf_counter() - t0
     return item
@@ -203,8 +241,10 @@ def decode(job: Job, cfg: CutoutConfig) -> Decoded:
 
 def infer(items: Sequence[Decoded], models: CutoutModels, cfg: CutoutConfig, timer: StageTimer) -> list[torch.Tensor]:
     """Alpha [H,W] of each of ``items`` (one size), in one ``segment`` call of ``len(items)`` images."""
+    if all(item.mask is not None for item in items):   # --mask-dir: the masks are the segmentation
+        return [item.mask for item in items]
     n = len(items)
-    computes_depth = items[0].depth is None
+    computes_depth = items[0].depth is None and models.depth is not None
     depth = None if computes_depth else [item.depth for item in items]
 
     def progress(done: int, total: int) -> None:
@@ -218,15 +258,38 @@ def infer(items: Sequence[Decoded], models: CutoutModels, cfg: CutoutConfig, tim
         timer.end()
 
 
+def matting_config(cfg: CutoutConfig, network_side: int | None = None) -> MattingConfig:
+    """The matting stage of a job: the band scaled from the network side the mask was made at, its
+    colours and despill.  ``network_side``: the longer side the image ran at (None: no segmenter ran,
+    as with --mask-dir: the requested size, or the trimap's usual 1024 under auto)."""
+    base = MattingConfig()
+    side = network_side or cfg.segment.size or base.trimap.network_size
+    return replace(base, trimap=replace(base.trimap, network_size=side),
+                   foreground=cfg.foreground, despill=DespillConfig(key=cfg.despill))
+
+
 def render(item: Decoded, alpha: torch.Tensor, cfg: CutoutConfig, background: torch.Tensor | None,
-           timer: StageTimer) -> list[tuple[Path, np.ndarray]]:
-    """The 8-bit arrays of every output of one input, with their target paths."""
+           timer: StageTimer, network_side: int | None = None) -> list[tuple[Path, np.ndarray]]:
+    """The 8-bit arrays of every output of one input, with their target paths (``network_side``: see
+    ``matting_config``)."""
     job, image = item.job, item.image[None]
     fmt = OUTPUT_FORMATS[cfg.fmt]
+    if cfg.refine is not None:
+        with timer("refine"):
+            alpha = refine_mask(alpha[None], cfg.refine, image)[0]
+    matted = None
+    if cfg.alpha != "mask":
+        with timer(cfg.alpha):
+            alpha, matted = alpha_from_mask(image, alpha[None], cfg.alpha, matting_config(cfg, network_side))
+            alpha = alpha[0]
     with timer("foreground"):
-        fg = image
-        if cfg.foreground != "none" and (cfg.rgba or cfg.background is not None or background is not None):
+        fg = image if matted is None else matted
+        if matted is None and cfg.foreground != "none" and (cfg.rgba or cfg.background is not None
+                                                            or background is not None):
             fg = estimate_foreground(image, alpha[None], cfg.foreground).foreground
+        if matted is None and cfg.despill != "none":   # matting removed the spill itself
+            fg = remove_spill(image, fg, alpha[None], alpha[None] <= MattingConfig().trimap.low,
+                              DespillConfig(key=cfg.despill))
         arrays = []
         if cfg.rgba:
             arrays.append((job.target(cfg, "", fmt), to_uint8(to_rgba(fg, alpha[None])[0])))
@@ -297,7 +360,8 @@ def process_batch(items: Sequence[Decoded], models: CutoutModels, cfg: CutoutCon
                 stages = {**item.stages, **shared}
                 why = None
                 try:
-                    arrays = render(item, alpha, cfg, background, own)
+                    side = models.network_side(item, cfg) if cfg.alpha != "mask" else None
+                    arrays = render(item, alpha, cfg, background, own, side)
                 except Exception as exc:
                     why = file_failure(exc)
                     if why is None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -274,6 +274,10 @@ def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     return x.to(device)
 
 
-def chunks(seq: Sequence[int], size: int) -> Iterable[Sequence[int]]:
+T = TypeVar("T")
+
+
+def chunks(seq: Sequence[T], size: int) -> Iterable[Sequence[T]]:
+    """Consecutive slices of ``seq`` with ``size`` items (the last may be shorter)."""
     for i in range(0, len(seq), max(1, size)):
         yield seq[i:i + size]

@@ -24,7 +24,7 @@ from .checks import batch_pair, check_image, check_mask, check_same_size
 
 __all__ = [
     "threshold_mask", "grow_mask", "shrink_mask", "label_components",
-    "fill_holes", "remove_islands", "box_blur", "gaussian_blur", "feather_mask", "guided_filter",
+    "fill_holes", "remove_islands", "keep_largest_component", "keep_central_component", "KEEP_COMPONENT", "box_blur", "gaussian_blur", "feather_mask", "guided_filter",
     "temporal_smooth", "RefineConfig", "refine_mask", "GUIDES", "TEMPORAL_METHODS",
 ]
 
@@ -227,6 +227,63 @@ def remove_islands(mask: torch.Tensor, min_area: int, threshold: float = 0.5,
     runs = _find_runs(foreground, connectivity)
     drop = _component_area(runs) < min_area
     return torch.where(_expand_runs(drop, runs, foreground, False), torch.zeros_like(mask), mask)
+
+
+def _keep_one(mask: torch.Tensor, threshold: float, score: Callable[[_Runs, torch.Size], torch.Tensor]) -> torch.Tensor:
+    """Per image, the foreground component with the lowest ``score`` (per run, equal over a component;
+    ties go to the first in raster order); the other components' pixels at or above ``threshold`` become 0."""
+    mask = check_mask(mask)
+    foreground = mask >= threshold
+    runs = _find_runs(foreground, 8)
+    if runs.starts.numel() == 0:
+        return mask.clone()
+    _, h, w = mask.shape
+    image = runs.starts // (h * w)
+    value = score(runs, mask.shape).to(torch.float64)
+    best = torch.full((mask.shape[0],), math.inf, dtype=torch.float64, device=mask.device)
+    best = best.scatter_reduce(0, image, value, reduce="amin")
+    candidate = torch.where(value == best[image], runs.root, runs.root.numel())
+    first = torch.full((mask.shape[0],), runs.root.numel(), dtype=runs.root.dtype, device=mask.device)
+    first = first.scatter_reduce(0, image, candidate, reduce="amin")
+    drop = runs.root != first[image]
+    return torch.where(_expand_runs(drop, runs, foreground, False), torch.zeros_like(mask), mask)
+
+
+def _minus_area(runs: _Runs, shape: torch.Size) -> torch.Tensor:
+    return -_component_area(runs)
+
+
+def _distance_to_centre(runs: _Runs, shape: torch.Size) -> torch.Tensor:
+    # The component's nearest pixel to the image centre, so a subject that covers the centre wins
+    # whatever its shape (a centroid would favour a ring around the centre over the person inside it).
+    _, h, w = shape
+    y = ((runs.starts // w) % h).to(torch.float64)
+    x0 = (runs.starts % w).to(torch.float64)
+    cy, cx = (h - 1) / 2, (w - 1) / 2
+    nearest_x = torch.clamp(torch.full_like(x0, cx), x0, x0 + runs.lengths - 1)
+    d2 = (y - cy) ** 2 + (nearest_x - cx) ** 2
+    per_component = torch.full_like(d2, math.inf).scatter_reduce(0, runs.root, d2, reduce="amin")
+    return per_component[runs.root]
+
+
+def keep_largest_component(mask: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Keep only the largest foreground component (8-connected, mask >= ``threshold``) of each image.
+
+    As in ``remove_islands``, the dropped components' faint pixels below ``threshold`` are left.
+    """
+    return _keep_one(mask, threshold, _minus_area)
+
+
+def keep_central_component(mask: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Keep only the foreground component nearest the image centre (its nearest pixel) of each image."""
+    return _keep_one(mask, threshold, _distance_to_centre)
+
+
+# Which single component ``RefineConfig.keep_component`` keeps.
+KEEP_COMPONENT: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "largest": keep_largest_component,
+    "central": keep_central_component,
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -460,6 +517,7 @@ class RefineConfig:
     threshold_low: float | None = None   # None: no threshold; else see threshold_mask
     threshold_high: float | None = None
     island_min_area: int = 0             # 0: keep all islands
+    keep_component: str | None = None    # None, or a KEEP_COMPONENT key: keep only that one component
     fill_holes: bool = False
     hole_max_area: int | None = None     # None: fill holes of any size
     grow_pixels: int = 0                 # negative shrinks
@@ -473,12 +531,17 @@ class RefineConfig:
 
 
 def refine_mask(mask: torch.Tensor, config: RefineConfig, image: torch.Tensor | None = None) -> torch.Tensor:
-    """Apply `config`: threshold, islands, holes, grow/shrink, guided filter, feather, temporal."""
+    """Apply `config`: threshold, islands, one component, holes, grow/shrink, guided filter, feather, temporal."""
     mask = check_mask(mask)
     if config.threshold_low is not None:
         mask = threshold_mask(mask, config.threshold_low, config.threshold_high)
     if config.island_min_area > 0:
         mask = remove_islands(mask, config.island_min_area)
+    if config.keep_component is not None:
+        if config.keep_component not in KEEP_COMPONENT:
+            raise ValueError(f"refine_mask: keep_component must be None or one of {sorted(KEEP_COMPONENT)}, "
+                             f"got {config.keep_component!r}")
+        mask = KEEP_COMPONENT[config.keep_component](mask)
     if config.fill_holes:
         mask = fill_holes(mask, config.hole_max_area)
     if config.grow_pixels:

@@ -27,8 +27,8 @@ import numpy as np
 import pytest
 import torch
 
-from comfy_support import (COMFY_DIR, auto_dtype_of, auto_name, PACK_NAME, RESOLUTION, SIZE, Env, import_harness, make_server,
-                           workflow)
+from comfy_support import (COMFY_DIR, auto_dtype_of, auto_name, PACK_NAME, RESOLUTION, SIZE, Env, files_of,
+                           import_harness, make_server, read_png, succeeded, workflow)
 
 pytestmark = pytest.mark.comfy
 
@@ -77,17 +77,6 @@ def run(srv, wf: dict, timeout: float = 600) -> dict:
     return srv.run_workflow(wf, timeout=timeout)
 
 
-def files_of(result: dict, node_id: str) -> list[Path]:
-    return [Path(f["path"]) for f in result["files"] if f["node_id"] == node_id]
-
-
-def read_png(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im).copy()
-
-
 def executed_nodes(result: dict) -> set[str]:
     return {m["data"]["node"] for m in result["ws_messages"]
             if m.get("type") == "executing" and m.get("data", {}).get("node") is not None}
@@ -100,10 +89,6 @@ def progress_of(result: dict, node_id: str) -> list[tuple[int, int]]:
 
 def rgb_of(path: Path) -> np.ndarray:
     return read_png(path).astype(np.float32) / 255.0
-
-
-def assert_ok(result: dict) -> None:
-    assert result["ok"], (result["status"], result["error"], result["node_errors"])
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +148,7 @@ def test_nodes_listed_without_import_failures(server, env):
 def test_remove_background_with_depth_model(server, env, expected):
     before = len(load_lines(server))
     result = run(server, workflow("remove_background.json"))
-    assert_ok(result)
+    succeeded(result)
     loads = load_lines(server)[before:]
     assert sorted(l[0] for l in loads) == ["Depth-Anything-V2 vits", "PDFNet"], loads
     # auto on a CPU: bf16 where it has native kernels, else fp32 (the same answer for both families)
@@ -189,7 +174,7 @@ def test_second_run_loads_no_model(server, env):
     before = len(load_lines(server))
     # 1. the usual second run: another image, same models (ComfyUI reuses the loader outputs)
     result = run(server, workflow("remove_background.json", {("1", "image"): env.image2.name}))
-    assert_ok(result)
+    succeeded(result)
     assert load_lines(server)[before:] == []
     assert "4" in executed_nodes(result)
     # 2. loaders forced to run again (dtype auto -> the dtype auto means here: the same model): the
@@ -197,7 +182,7 @@ def test_second_run_loads_no_model(server, env):
     forced = workflow("remove_background.json", {("2", "dtype"): auto_name("pdfnet"), ("3", "dtype"): auto_name("depth_anything"),
                                                    ("1", "image"): env.image.name})
     result = run(server, forced)
-    assert_ok(result)
+    succeeded(result)
     assert {"2", "3"} <= executed_nodes(result), executed_nodes(result)
     assert load_lines(server)[before:] == [], load_lines(server)[before:]
     log_tail = server.log_text()
@@ -207,7 +192,7 @@ def test_second_run_loads_no_model(server, env):
 
 def test_external_depth_skips_the_depth_model(server, env, expected):
     result = run(server, workflow("remove_background_external_depth.json"))
-    assert_ok(result)
+    succeeded(result)
     ran = executed_nodes(result)
     assert "6" in ran and "5" not in ran, f"the depth loader ran although depth was wired: {sorted(ran)}"
     steps = progress_of(result, "6")
@@ -221,7 +206,7 @@ def test_external_depth_skips_the_depth_model(server, env, expected):
 
 def test_refine_and_composite(server, env):
     result = run(server, workflow("refine_composite.json"))
-    assert_ok(result)
+    succeeded(result)
     composite = read_png(files_of(result, "8")[0])
     rgba = read_png(files_of(result, "10")[0])
     inverted = read_png(files_of(result, "13")[0])[..., 0].astype(int)
@@ -238,7 +223,7 @@ def test_refine_and_composite(server, env):
 
 def test_depth_estimate(server, env, expected):
     result = run(server, workflow("depth_estimate.json"))
-    assert_ok(result)
+    succeeded(result)
     depth = read_png(files_of(result, "4")[0])
     assert depth.shape == (*SIZE, 3)
     assert (depth[..., 0] == depth[..., 1]).all() and (depth[..., 1] == depth[..., 2]).all()
@@ -326,8 +311,8 @@ def test_cancel_a_run(server, env):
     # the server is fine afterwards, and the cache is consistent: the same models run again
     # (loaders forced to re-execute) without a single read from disk
     loads = len(load_lines(server))
-    assert_ok(run(server, workflow("depth_estimate.json", {("1", "image"): env.image2.name})))
+    succeeded(run(server, workflow("depth_estimate.json", {("1", "image"): env.image2.name})))
     again = workflow("remove_background.json", {("2", "dtype"): auto_name("pdfnet"), ("3", "dtype"): auto_name("depth_anything"),
                                                   ("4", "resolution"): 512, ("1", "image"): env.image2.name})
-    assert_ok(run(server, again))
+    succeeded(run(server, again))
     assert load_lines(server)[loads:] == [], load_lines(server)[loads:]

@@ -6,12 +6,12 @@ image, since no checkpoint exists here.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from comfy_support import COMFY_DIR, SIZE, Env, import_harness, serve, workflow
+from comfy_support import (COMFY_DIR, SIZE, Env, files_of, import_harness, read_png, serve, succeeded,
+                           workflow)
 
 pytestmark = pytest.mark.comfy
 
@@ -31,31 +31,15 @@ def server(env, tmp_path_factory):
     yield from serve(env, harness, tmp_path_factory.mktemp("workflow_inputs"))
 
 
-def _png(path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im).copy()
-
-
-def _files(result, node_id):
-    return [Path(f["path"]) for f in result["files"] if f["node_id"] == node_id]
-
-
-def _ok(result):
-    assert result["ok"], (result["status"], result["error"], result["node_errors"])
-    return result
-
-
 def test_remove_background_compare_node_sends_both_previews(server):
-    result = _ok(server.run_workflow(workflow("remove_background.json")))
+    result = succeeded(server.run_workflow(workflow("remove_background.json")))
     ui = result["outputs"]["9"]
     assert set(ui) == {"pdfnet_before", "pdfnet_after"}, ui
     before, after = ui["pdfnet_before"][0], ui["pdfnet_after"][0]
     assert before["type"] == after["type"] == "temp"
-    rgba = _png(server.file_path(after))
+    rgba = read_png(server.file_path(after))
     assert rgba.shape == (*SIZE, 4)    # the RGBA result keeps its transparency in the preview
-    assert _png(server.file_path(before)).shape[:2] == SIZE
+    assert read_png(server.file_path(before)).shape[:2] == SIZE
 
 
 def test_rgba_png_with_core_nodes_needs_the_inverted_mask(server):
@@ -66,30 +50,30 @@ def test_rgba_png_with_core_nodes_needs_the_inverted_mask(server):
                 "inputs": {"mask": ["4", 0], "direction": "foreground -> LoadImage/JoinImageWithAlpha mask"}}
     wf["21"] = {"class_type": "JoinImageWithAlpha", "inputs": {"image": ["1", 0], "alpha": ["20", 0]}}
     wf["22"] = {"class_type": "SaveImage", "inputs": {"images": ["21", 0], "filename_prefix": "pdfnet/core_rgba"}}
-    result = _ok(server.run_workflow(wf))
-    core, ours = _png(_files(result, "22")[0]), _png(_files(result, "6")[0])
+    result = succeeded(server.run_workflow(wf))
+    core, ours = read_png(files_of(result, "22")[0]), read_png(files_of(result, "6")[0])
     assert core.shape == ours.shape == (*SIZE, 4)
     assert np.abs(core.astype(int) - ours.astype(int)).max() <= 1
 
 
 def test_replace_background(server):
-    result = _ok(server.run_workflow(workflow("replace_background.json")))
-    out = _png(_files(result, "8")[0])
+    result = succeeded(server.run_workflow(workflow("replace_background.json")))
+    out = read_png(files_of(result, "8")[0])
     assert out.shape == (*SIZE, 3)
 
 
 def test_depth_and_mask_side_by_side(server):
-    result = _ok(server.run_workflow(workflow("depth_and_mask.json")))
-    out = _png(_files(result, "8")[0])
+    result = succeeded(server.run_workflow(workflow("depth_and_mask.json")))
+    out = read_png(files_of(result, "8")[0])
     h, w = SIZE
     assert out.shape == (h, 2 * w, 3), out.shape
 
 
 def test_batch_folder(server):
-    result = _ok(server.run_workflow(workflow("batch_folder.json")))
-    white, rgba = _files(result, "6"), _files(result, "8")
+    result = succeeded(server.run_workflow(workflow("batch_folder.json")))
+    white, rgba = files_of(result, "6"), files_of(result, "8")
     assert len(white) == len(rgba) == 2, (white, rgba)   # one per file of input/pdfnet_batch, any size
-    assert sorted(_png(p).shape for p in rgba) == [(200, 300, 4), (*SIZE, 4)]
+    assert sorted(read_png(p).shape for p in rgba) == [(200, 300, 4), (*SIZE, 4)]
 
 
 def test_generative_background_with_the_checkpoint_branch_replaced(server):
@@ -97,5 +81,5 @@ def test_generative_background_with_the_checkpoint_branch_replaced(server):
     for node_id in ("10", "11", "12", "13", "14", "15"):
         del wf[node_id]
     wf["15"] = {"class_type": "LoadImage", "inputs": {"image": "background.png"}}   # stands in for VAEDecode
-    result = _ok(server.run_workflow(wf))
-    assert _png(_files(result, "7")[0]).shape == (*SIZE, 3)
+    result = succeeded(server.run_workflow(wf))
+    assert read_png(files_of(result, "7")[0]).shape == (*SIZE, 3)

@@ -57,7 +57,7 @@ def run_jobs(url: str, jobs: list[dict], timeout: float = 900) -> dict:
 # The shipped UI workflows (workflows/<name>.json), each with its API twin workflows/api/<name>.json.
 UI_WORKFLOWS = ("remove_background", "replace_background", "depth_and_mask", "batch_folder",
                 "remove_background_external_depth", "generative_background", "refine_composite",
-                "depth_estimate")
+                "depth_estimate", "depth_anything_3")
 
 # Weights that are not this pack's (so not in the registry of pdfnet_core.families): where ComfyUI's own templates
 # point for them.
@@ -66,6 +66,11 @@ OTHER_MODELS = {
         "url": "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/"
                "v1-5-pruned-emaonly-fp16.safetensors",
         "directory": "checkpoints"},
+    # core's Depth Anything 3 (Apache-2.0), as its own blueprint "Image Depth Estimation (Depth Anything 3)" names it
+    "depth_anything_3_mono_large.safetensors": {
+        "url": "https://huggingface.co/Comfy-Org/Depth-Anything-3/resolve/main/geometry_estimation/"
+               "depth_anything_3_mono_large.safetensors",
+        "directory": "geometry_estimation"},
 }
 MODEL_INPUTS = ("model_name", "ckpt_name")
 

@@ -76,22 +76,23 @@ class Env:
 
 
 
-def make_server(env: Env, harness):
-    """A started server with this repository as a pack and the synthetic models in its folders."""
+def make_server(env: Env, harness, extra_models: dict | None = None):
+    """A started server with this repository as a pack and the synthetic models in its folders (and
+    `extra_models`, {folder: [paths]}, e.g. a core model folder)."""
     srv = harness.ComfyServer(
         comfy_dir=COMFY_DIR, python=os.environ.get("COMFY_PYTHON") or None,
         packs=[(str(ROOT), PACK_NAME)],
         # the depth file also sits in the pdfnet folder, to choose it by mistake in the PDFNet loader
-        models={"pdfnet": [str(env.pdfnet), str(env.dam), str(env.readme)], "depthanything": [str(env.dam)]})
+        models={"pdfnet": [str(env.pdfnet), str(env.dam), str(env.readme)], "depthanything": [str(env.dam)],
+                **(extra_models or {})})
     srv.start(timeout=300)
     for name, src in env.images().items():
         srv.put_input(src, name)
     return srv
 
 
-def workflow(name: str, patch: dict | None = None) -> dict:
-    """An API workflow from workflows/api with the test's models, images and resolution."""
-    wf = json.loads((WORKFLOWS / name).read_text())
+def with_test_models(wf: dict, resolution: int = RESOLUTION) -> dict:
+    """``wf`` (API format) with the test's synthetic model files and network resolution, in place."""
     for node in wf.values():
         inputs = node["inputs"]
         if node["class_type"] == "PDFNetModelLoader":
@@ -99,10 +100,34 @@ def workflow(name: str, patch: dict | None = None) -> dict:
         elif node["class_type"] == "PDFNetDepthAnythingLoader":
             inputs["model_name"] = "synthetic_dav2_vits_fp32.safetensors"
         elif node["class_type"] == "PDFNetSegment":
-            inputs["resolution"] = RESOLUTION
+            inputs["resolution"] = resolution
+    return wf
+
+
+def workflow(name: str, patch: dict | None = None) -> dict:
+    """An API workflow from workflows/api with the test's models, images and resolution."""
+    wf = with_test_models(json.loads((WORKFLOWS / name).read_text()))
     for (node_id, key), value in (patch or {}).items():
         wf[node_id]["inputs"][key] = value
     return wf
+
+
+def read_png(path: Path) -> np.ndarray:
+    from PIL import Image  # deferred: only the server tests read outputs
+
+    with Image.open(path) as im:
+        return np.asarray(im).copy()
+
+
+def files_of(result: dict, node_id: str) -> list[Path]:
+    """The files a workflow run's node ``node_id`` produced."""
+    return [Path(f["path"]) for f in result["files"] if f["node_id"] == node_id]
+
+
+def succeeded(result: dict) -> dict:
+    """``result`` of a run that must have succeeded (else the status, error and node errors)."""
+    assert result["ok"], (result["status"], result["error"], result["node_errors"])
+    return result
 
 
 def write_test_inputs(srv, tmp: Path) -> None:
@@ -127,9 +152,9 @@ def write_test_inputs(srv, tmp: Path) -> None:
         srv.put_input(str(path), base, subfolder=sub)
 
 
-def serve(env: "Env", harness, inputs_dir: Path):
+def serve(env: "Env", harness, inputs_dir: Path, extra_models: dict | None = None):
     """The body of a module-scoped server fixture: started with the test inputs written, stopped after."""
-    srv = make_server(env, harness)
+    srv = make_server(env, harness, extra_models)
     try:
         write_test_inputs(srv, inputs_dir)
         yield srv

@@ -83,6 +83,7 @@ def load_birefnet(source, patch_order: str | None = None, device="cpu", dtype: t
                         ignore=lambda built: (TRAINING_HEADS, _batchnorm_counters(built)),
                         optional_suffixes=("relative_position_index",))
     model.train_hw = tuple(entry.train_hw) if entry is not None and entry.train_hw else DEFAULT_TRAIN_HW
+    model.dynamic_sides = entry.dynamic_sides if entry is not None else None
     log.info("loaded BiRefNet %s, patch order %s, trained at %dx%d", model.config.name, patch_order, *model.train_hw)
     return model
 

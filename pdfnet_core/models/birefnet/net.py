@@ -266,7 +266,8 @@ class BiRefNet(nn.Module):
 
     ``patch_order`` ("current" or "legacy") must be the order the weights were trained with; the
     loader sets it from the registry.  ``train_hw`` is the (height, width) the weights were trained
-    at, for callers that choose the network resolution; it does not affect ``forward``.
+    at, for callers that choose the network resolution, and ``dynamic_sides`` the (smallest, largest)
+    side of weights trained at many sizes (None: one size); neither affects ``forward``.
     """
 
     def __init__(self, config: BiRefNetConfig | None = None, patch_order: str = "current"):
@@ -277,6 +278,7 @@ class BiRefNet(nn.Module):
         self.decoder = Decoder(config)
         self.patch_order = patch_order
         self.train_hw: tuple[int, int] = (1024, 1024)
+        self.dynamic_sides: tuple[int, int] | None = None
 
     @property
     def size_multiple(self) -> int:

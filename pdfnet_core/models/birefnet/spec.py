@@ -12,7 +12,11 @@ from .deform_conv import default_backend, torchvision_dtype
 from .loader import LAYOUTS, load_birefnet, resolve_patch_order
 from .net import PATCH_ORDERS, SIZE_MULTIPLE, VARIANTS, BiRefNet, DeformableConv2d
 
-_LICENCE = "MIT (ZhengPeng7/BiRefNet code and model cards)"
+_LICENCE = "MIT"   # ZhengPeng7/BiRefNet code and model cards
+# fp32 files as the hub lists them (shared/reference/birefnet/NOTES.md A2), for listings only
+_BYTES = {"swin_v1_l": 885_000_000, "swin_v1_t": 177_634_392}
+# BiRefNet_dynamic(-matting): trained at every side from 256 to 2304 (official README)
+DYNAMIC_SIDES = (256, 2304)
 
 # Every ZhengPeng7 repository holds its weights as ``model.safetensors``; the local name is the
 # repository name (lldacing and 1038lab also name files after the variant).  Patch order, from the
@@ -44,11 +48,48 @@ _REPOS = (
     ("BiRefNet_lite-matting", "swin_v1_t", (1024, 1024), None, "Swin-T general matting"),
 )
 
-FILES = tuple(
+_OFFICIAL = tuple(
     ModelEntry(f"{repo}.safetensors", "birefnet", variant, f"ZhengPeng7/{repo}", "birefnet", _LICENCE,
                f"BiRefNet ({'Swin-L' if variant == 'swin_v1_l' else 'Swin-T'}): {description}",
-               hf_filename="model.safetensors", train_hw=train_hw, patch_order=order)
+               hf_filename="model.safetensors", train_hw=train_hw, patch_order=order, approx_bytes=_BYTES[variant],
+               dynamic_sides=DYNAMIC_SIDES if repo.startswith("BiRefNet_dynamic") else None)
     for repo, variant, train_hw, order, description in _REPOS)
+
+# Fine-tunes and copies of the same architecture, from their release pages.  The patch order of a
+# fine-tune is the order of the code it was trained with; where a page does not say it, what is
+# written here is inferred (see each comment), and the loader's patch_order input overrides it.
+_OTHERS = (
+    # ToonOut (Kartoon AI, arXiv 2509.06839): ZhengPeng7/BiRefNet fine-tuned on 1,228 anime images at
+    # 1024, code and weights MIT (github MatteoKartoon/BiRefNet).  The fork is of the 2025 official code,
+    # which cuts patches in the current (einops) order; not confirmed on the weights.  The .pth keys
+    # carry a "module._orig_mod." prefix (DDP + torch.compile), which the reader strips.
+    ModelEntry("birefnet_finetuned_toonout.pth", "birefnet", "swin_v1_l", "joelseytre/toonout", "birefnet",
+               "MIT", "ToonOut (BiRefNet Swin-L fine-tuned for anime characters and objects), 1024x1024",
+               train_hw=(1024, 1024), patch_order="current", approx_bytes=_BYTES["swin_v1_l"]),
+    # Lucida (egeorcun/lucida, MIT): BiRefNet_HR fine-tuned for glass, camouflage, text, glow/VFX and
+    # line art; its own benchmark runs it at 1024 (bgr/registry.py), and its ComfyUI weight-folding script
+    # documents the current patch layout ('b c (hg h) (wg w) -> b (c hg wg) h w').  Taken from
+    # Comfy-Org/BiRefNet, which holds it byte-identical to the author's export under this name (so core's
+    # models/background_removal/lucida.safetensors is recognised too).
+    ModelEntry("lucida.safetensors", "birefnet", "swin_v1_l", "Comfy-Org/BiRefNet", "birefnet", "MIT",
+               "Lucida (BiRefNet_HR fine-tuned for glass, camouflage, text, glow/VFX and illustrations), 1024x1024",
+               train_hw=(1024, 1024), patch_order="current", approx_bytes=_BYTES["swin_v1_l"],
+               licence_note="the author's release, egeorcun/lucida"),
+    # ComfyUI core's own copy of ZhengPeng7/BiRefNet (models/background_removal/birefnet.safetensors),
+    # byte-identical to the hub export; core runs it in the legacy order.
+    ModelEntry("birefnet.safetensors", "birefnet", "swin_v1_l", "Comfy-Org/BiRefNet", "birefnet", _LICENCE,
+               "ComfyUI core's copy of BiRefNet (general use, 1024x1024), as in models/background_removal",
+               train_hw=(1024, 1024), patch_order="legacy", approx_bytes=_BYTES["swin_v1_l"]),
+    # RMBG-2.0 (BRIA): BiRefNet Swin-L trained by BRIA, legacy order, 1024.  Gated and non-commercial:
+    # never downloaded here; users accept the terms on the page and bring the file.
+    ModelEntry("RMBG-2.0.safetensors", "birefnet", "swin_v1_l", "", "birefnet", "CC-BY-NC-4.0",
+               "RMBG-2.0 (BRIA; BiRefNet Swin-L), 1024x1024: bring your own file",
+               train_hw=(1024, 1024), patch_order="legacy", approx_bytes=_BYTES["swin_v1_l"],
+               manual_url="https://huggingface.co/briaai/RMBG-2.0",
+               licence_note="BRIA's RMBG-2.0 terms; commercial use needs an agreement with BRIA. Gated: accept the "
+                            "terms on the page, download model.safetensors and save it as RMBG-2.0.safetensors"),
+)
+FILES = _OFFICIAL + _OTHERS
 
 if set(PATCH_ORDERS) != {"legacy", "current"}:
     raise ValueError(f"BiRefNet patch orders changed: {sorted(PATCH_ORDERS)}; update the loader option")
@@ -128,8 +169,13 @@ SPEC = register_family(FamilySpec(
     activation=MeasuredActivation({"swin_v1_t": {512: 260, 1024: 718}, "swin_v1_l": {512: 324, 1024: 915}},
                                   HOW_MEASURED),
     device_extra=device_extra,
-    inputs=InputContract(size_multiple=SIZE_MULTIPLE),
+    inputs=InputContract(size_multiple=SIZE_MULTIPLE, train_hw=(1024, 1024), max_side=2048),
+    # the loader records the file's training size and dynamic range on the module (a module that
+    # does not, e.g. a stand-in: the family's)
+    file_sizes=lambda model: (getattr(model, "train_hw", None), getattr(model, "dynamic_sides", None)),
     files=FILES,
+    default_file="BiRefNet.safetensors",
+    shared_folders=("background_removal",),
     variants=tuple(VARIANTS),
     variant_of=lambda model: model.config.name,
     describe=_describe,

@@ -324,8 +324,8 @@ class _ShapeCache:
     """What a stage keeps for one input shape: its window plans and the small attention biases."""
 
     plans: dict[int, WindowPlan]
-    # block index -> (the bias table it was made from, that table's state, dtype, bias)
-    biases: dict[int, tuple[torch.Tensor, tuple[int, int], torch.dtype, torch.Tensor]] = field(default_factory=dict)
+    # block index -> (the bias table it was made from, that table's version, dtype, bias)
+    biases: dict[int, tuple[torch.Tensor, int, torch.dtype, torch.Tensor]] = field(default_factory=dict)
 
     def bias(self, index: int, attn: WindowAttention, plan: WindowPlan, dtype: torch.dtype) -> torch.Tensor:
         if torch.is_grad_enabled():   # training: the bias must be part of the autograd graph
@@ -341,13 +341,13 @@ class _ShapeCache:
         return bias
 
 
-def _table_state(table: torch.Tensor) -> tuple[int, int]:
-    """What changes when a bias table's values may have: its storage and its in-place version.
+def _table_state(table: torch.Tensor) -> int:
+    """The in-place version of a bias table, whose values the kept bias was made from.
 
     A model built under ``torch.inference_mode`` (as ComfyUI runs its nodes, loaders included) has
-    inference tensors, which keep no version counter: for them the storage alone is compared, which
-    still follows a move or a dtype change (a new storage)."""
-    return table.data_ptr(), (-1 if table.is_inference() else table._version)
+    inference tensors, which keep no version counter (-1 here): their values change only through
+    ``_apply`` (a move, a dtype change), which drops the kept biases anyway."""
+    return -1 if table.is_inference() else table._version
 
 
 class SwinStage(nn.Module):

@@ -7,6 +7,8 @@ from .loader import LAYOUTS, load_depth_anything
 from .net import CONFIGS, PATCH_SIZE, DepthAnythingV2
 
 _SIZE_NAMES = {"vits": "Small", "vitb": "Base", "vitl": "Large"}
+# The official fp32 .pth files as the hub lists them (99.2 MB, 390 MB, 1.34 GB), for listings only.
+_FP32_BYTES = {"vits": 99_200_000, "vitb": 390_000_000, "vitl": 1_340_000_000}
 
 
 def _files() -> tuple[ModelEntry, ...]:
@@ -17,12 +19,15 @@ def _files() -> tuple[ModelEntry, ...]:
         entries.append(ModelEntry(
             f"depth_anything_v2_{variant}.pth", "depth_anything", variant,
             f"depth-anything/Depth-Anything-V2-{size_name}", "depthanything", licence,
-            f"Depth-Anything-V2 {size_name} ({variant}), official PyTorch checkpoint"))
+            f"Depth-Anything-V2 {size_name} ({variant}), official PyTorch checkpoint",
+            approx_bytes=_FP32_BYTES[variant]))
         for precision in ("fp16", "fp32"):
             entries.append(ModelEntry(
                 f"depth_anything_v2_{variant}_{precision}.safetensors", "depth_anything", variant,
                 "Kijai/DepthAnythingV2-safetensors", "depthanything", licence,
-                f"Depth-Anything-V2 {size_name} ({variant}), {precision} safetensors conversion"))
+                f"Depth-Anything-V2 {size_name} ({variant}), {precision} safetensors conversion",
+                licence_note="a conversion of the official weights, under their licence",
+                approx_bytes=_FP32_BYTES[variant] // (2 if precision == "fp16" else 1)))
     return tuple(entries)
 
 

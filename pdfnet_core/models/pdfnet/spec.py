@@ -7,7 +7,9 @@ from .loader import LAYOUTS, load_pdfnet
 from .net import REVISIONS, SIZE_MULTIPLE, PDFNet
 
 # Code repository Tennine2077/PDFNet is MIT; the weights have no separate licence we have verified.
-_LICENCE = "MIT (code repository Tennine2077/PDFNet; check the model card for the weights)"
+_LICENCE = "MIT"
+_NOTE = "the code repository Tennine2077/PDFNet's licence; the weights name no other"
+_BYTES = 392 * 2**20   # both files, as the hub lists them (the 603-entry v1 layout)
 
 # Code revisions (net.REVISIONS).  PDFNet_Best.pth: its 42 depth_decoder.* entries have the first
 # revision's (802b477) shapes, which no later code can have saved (shared/reference/pdfnet/v1).
@@ -18,10 +20,12 @@ _LICENCE = "MIT (code repository Tennine2077/PDFNet; check the model card for th
 FILES = (
     ModelEntry("PDFNet_Best.pth", "pdfnet", None, "Tennineee/PDFNet", "pdfnet", _LICENCE,
                "PDFNet (Swin-B) trained on DIS5K DIS-TR: the paper's dichotomous segmentation model",
-               pdfnet_revision="v1"),
+               pdfnet_revision="v1",
+               licence_note=_NOTE, approx_bytes=_BYTES),
     ModelEntry("PDF-Generally.pth", "pdfnet", None, "Tennineee/PDFNet-General", "pdfnet", _LICENCE,
                "PDFNet (Swin-B) trained on DIS5K plus high-resolution salient object sets: general use",
-               pdfnet_revision="v1"),
+               pdfnet_revision="v1",
+               licence_note=_NOTE, approx_bytes=_BYTES),
 )
 
 for _entry in FILES:

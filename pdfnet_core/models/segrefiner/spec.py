@@ -11,15 +11,18 @@ from .refiner import SegRefiner
 
 # MengyuWang826/SegRefiner (NeurIPS 2023) publishes its two checkpoints only as Google Drive links
 # (no hub mirror), so these entries are manual-download only.  Sizes and hashes are not published.
-_LICENCE = "Apache-2.0 code (MengyuWang826/SegRefiner); the weights carry no explicit licence"
+_LICENCE = "Apache-2.0"
+_NOTE = "the code repository MengyuWang826/SegRefiner's licence; the weights carry no explicit licence"
 
 FILES = (
     ModelEntry("segrefiner_lr_latest.pth", "segrefiner", "lr", "", "segrefiner", _LICENCE,
                "SegRefiner LR (trained on LVIS): per-object refinement of instance masks",
-               manual_url="https://drive.google.com/file/d/1FrhbdwNyTlQYNbF9IgFF2tY3iQXHFcau/view?usp=sharing"),
+               manual_url="https://drive.google.com/file/d/1FrhbdwNyTlQYNbF9IgFF2tY3iQXHFcau/view?usp=sharing",
+               licence_note=_NOTE),
     ModelEntry("segrefiner_hr_latest.pth", "segrefiner", "hr", "", "segrefiner", _LICENCE,
                "SegRefiner HR (trained on ThinObject-5K + DIS-TR): high-resolution refinement of one mask",
-               manual_url="https://drive.google.com/file/d/143kerk4WOerGZMqR-cAETb7rOcoQ0CQ_/view?usp=sharing"),
+               manual_url="https://drive.google.com/file/d/143kerk4WOerGZMqR-cAETb7rOcoQ0CQ_/view?usp=sharing",
+               licence_note=_NOTE),
 )
 
 
