@@ -22,7 +22,8 @@ if not COMFY_DIR:
                 "(see ../shared/comfy/README.md)", allow_module_level=True)
 
 # the response helpers of the main module (importing it is cheap once COMFY_DIR is set)
-from test_comfy_integration import assert_close_8bit, assert_ok, files_of, progress_of, read_png, rgb_of, run  # noqa: E402
+from comfy_support import files_of, read_png, succeeded  # noqa: E402
+from test_comfy_integration import assert_close_8bit, progress_of, rgb_of, run  # noqa: E402
 
 harness = base.import_harness()
 
@@ -106,7 +107,7 @@ def segrefine_workflow(mode: str = "hr", model_name: str = SEGREFINER_FILE) -> d
 def test_new_nodes_and_types_are_listed(server):
     nodes = server.pack_nodes(base.PACK_NAME)
     assert {"PDFNetBiRefNetLoader", "PDFNetSegRefinerLoader", "PDFNetSegRefine"} <= set(nodes), sorted(nodes)
-    assert not server.import_failures(), server.import_failures()
+    assert not base.pack_import_failures(server), server.import_failures()
     assert nodes["PDFNetBiRefNetLoader"]["output"] == ["BIREFNET_MODEL"]
     assert nodes["PDFNetSegRefinerLoader"]["output"] == ["SEGREFINER_MODEL"]
     # one socket, its old id, both model types
@@ -136,7 +137,7 @@ def test_compare_pdfnet_and_birefnet_side_by_side(server, assets):
 
     env = assets.env
     result = run(server, compare_workflow())
-    assert_ok(result)
+    succeeded(result)
     h, w = base.SIZE
     stitched = read_png(files_of(result, "10")[0])
     assert stitched.shape[:2] == (h, 2 * w), stitched.shape   # PDFNet left, BiRefNet right, source size each
@@ -161,7 +162,7 @@ def test_birefnet_patch_order_is_part_of_the_model(server, assets):
     wf["20"] = {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "pdfnet/legacy"}}
     wf["4"]["inputs"]["patch_order"] = "legacy"
     result = run(server, wf)
-    assert_ok(result)
+    succeeded(result)
     assert "BiRefNet swin_v1_t (legacy patch order)" in server.log_text()
     assert read_png(files_of(result, "20")[0]).shape[:2] == base.SIZE
 
@@ -171,7 +172,7 @@ def test_segrefine_hr_on_a_small_image(server, assets):
     from pdfnet_core.models.segrefiner.loader import load_segrefiner
 
     result = run(server, segrefine_workflow("hr"))
-    assert_ok(result)
+    succeeded(result)
     refined = read_png(files_of(result, "7")[0])[..., 0]
     assert refined.shape == SMALL and set(np.unique(refined)) <= {0, 255}   # binary
     image = torch.from_numpy(rgb_of(assets.small))

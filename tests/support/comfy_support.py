@@ -91,6 +91,12 @@ def make_server(env: Env, harness, extra_models: dict | None = None):
     return srv
 
 
+def pack_import_failures(srv) -> list[str]:
+    """The server's import failures that concern this pack (core's own optional nodes may fail to
+    import where their extra packages are missing)."""
+    return [line for line in srv.import_failures() if PACK_NAME in line]
+
+
 def with_test_models(wf: dict, resolution: int = RESOLUTION) -> dict:
     """``wf`` (API format) with the test's synthetic model files and network resolution, in place."""
     for node in wf.values():
