@@ -30,32 +30,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "support")]
 
 import pdfnet_core  # noqa: E402
+from colour_key import ColourKey  # noqa: E402
 from pdfnet_core import LoadedModel, family  # noqa: E402
 
 SUBJECT = (0.85, 0.15, 0.1)
 SIZE = 1024
-
-
-class ColourKey(nn.Module):
-    """The stand-in network: red minus green of the ImageNet-normalised input, a sharp sigmoid."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.key = nn.Conv2d(3, 1, 1)
-        with torch.no_grad():
-            self.key.weight.copy_(torch.tensor([6.0, -6.0, 0.0]).view(1, 3, 1, 1))
-            self.key.bias.fill_(-12.0)
-        self.forwards = 0
-
-    def forward(self, image, depth=None):
-        self.forwards += image.shape[0]
-        return self.key(image)
 
 
 STAND_IN = dataclasses.replace(family("pdfnet"), module_type=ColourKey)

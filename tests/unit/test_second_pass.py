@@ -14,37 +14,12 @@ import pdfnet_core
 from pdfnet_core import LoadedModel, family
 from pdfnet_core.ops.checks import InputError
 from pdfnet_core.ops.refine import RefineConfig, keep_central_component, keep_largest_component, refine_mask
+from colour_key import ColourKey
 from pdfnet_core.ops.subject import (Box, blend_weights, margin_pixels, merge_crop, paste_crop, region_box,
                                      subject_box, subject_gain, with_margin)
 
 SUBJECT = (0.9, 0.1, 0.1)        # the subject's own colour
 BACKGROUND = (0.35, 0.45, 0.55)
-
-
-class ColourKey(nn.Module):
-    """A "network" that finds the subject's colour exactly, at whatever resolution it is given.
-
-    A 1x1 convolution on the ImageNet-normalised input (red minus green), so a model whose dtype
-    was changed by ``before_run`` refuses inputs made for the old one, as a real network does.
-    It records the shape of every forward and of every depth map it is handed.
-    """
-
-    config = types.SimpleNamespace(name="swin_v1_t")   # what BiRefNet's spec reads for its memory estimate
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.key = nn.Conv2d(3, 1, 1)
-        with torch.no_grad():
-            self.key.weight.copy_(torch.tensor([6.0, -6.0, 0.0]).view(1, 3, 1, 1))
-            self.key.bias.fill_(-12.0)
-        self.calls: list[tuple[int, ...]] = []
-        self.depths: list[tuple[int, ...]] = []
-
-    def forward(self, image, depth=None):
-        self.calls.append(tuple(image.shape))
-        if depth is not None:
-            self.depths.append(tuple(depth.shape))
-        return self.key(image)
 
 
 class DepthProbe(nn.Module):
