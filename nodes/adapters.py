@@ -22,9 +22,9 @@ from typing import Callable, Mapping, Protocol, Sequence, TypeVar, runtime_check
 
 import torch
 
-from pdfnet_core import (SEGREFINER_MODES, DespillConfig, InputError, LoadedModel, MattingConfig, Progress, RefineConfig,
-                         SegmentOptions, TrimapConfig, as_loaded, batch_pair, check_image, check_mask, check_same_size,
-                         estimate_depth, estimate_foreground, fitting_batch, matte, normalize_depth, refine_mask,
+from pdfnet_core import (SEGREFINER_MODES, InputError, LoadedModel, MattingConfig, Progress, RefineConfig,
+                         SegmentOptions, as_loaded, batch_pair, check_image, check_mask, check_same_size,
+                         estimate_depth, estimate_foreground, fitting_batch, matte, matting_steps, normalize_depth, refine_mask,
                          refine_with_segrefiner, segment, segmenter, temporal_smooth)
 
 log = logging.getLogger(__name__)
@@ -444,18 +444,17 @@ def matting_config(*, network_size: int, band: float, fine_hair: float, edge_shi
                    despill_color: str, despill_strength: float, foreground: str) -> MattingConfig:
     """The Matting node's widgets as a MattingConfig (network_size 0: the mask was made at the image's
     size; despill "color" takes the key from despill_color)."""
-    key = despill_color if despill == "color" else despill
-    return replace(MattingConfig(), trimap=replace(TrimapConfig(), network_size=network_size or None, band=band,
-                                                   fine_hair=fine_hair),
-                   edge_shift=int(edge_shift), foreground=foreground,
-                   despill=replace(DespillConfig(), key=key, strength=despill_strength)).validate()
+    return MattingConfig.from_options(network_size=network_size or None, band=band, fine_hair=fine_hair,
+                                      edge_shift=edge_shift, despill=despill_color if despill == "color" else despill,
+                                      despill_strength=despill_strength, foreground=foreground)
 
 
 def matte_images(image: torch.Tensor, mask: torch.Tensor, config: MattingConfig, runtime: Runtime,
                  device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(alpha [B,H,W], foreground [B,H,W,3]) of a batch by ``matte``, one image per chunk: a photo's
-    matting takes seconds, so the bar moves and a cancel is honoured between images.  An image under
-    N masks or N images under one mask; sizes are checked before the first image runs."""
+    """(alpha [B,H,W], foreground [B,H,W,3]) of a batch by ``matte``, one image at a time on ``device``:
+    a 6000x4000 photo's matting takes most of a minute on a CPU, so the bar moves tile by tile and a
+    cancel is honoured within a tile.  An image under N masks or N images under one mask; sizes are
+    checked before the first image runs."""
     image = node_image(image)
     mask = check_mask(mask, "mask", single=True)
     n = batch_pair(image.shape[0], mask.shape[0], "image", "mask")
@@ -463,15 +462,18 @@ def matte_images(image: torch.Tensor, mask: torch.Tensor, config: MattingConfig,
                     f"resize the mask to the image's {image.shape[2]}x{image.shape[1]} first (the mask must be made "
                     "from this image)")
     on = (lambda t: t) if device is None else (lambda t: t.to(device))
-    colours: list[torch.Tensor] = []
+    steps = matting_steps(image.shape[1], image.shape[2], config)
+    bar = runtime.progress(n * steps)
+    alphas, colours = [], []
+    for i in range(n):
+        def progress(done: int, total: int, before: int = i * steps) -> None:
+            bar(before + done, n * steps)
 
-    def one(im: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        alpha, fg = matte(on(im), on(m), config)
+        alpha, fg = matte(on(image[i if image.shape[0] > 1 else 0][None]), on(mask[i if mask.shape[0] > 1 else 0][None]),
+                          config, progress)
+        alphas.append(alpha.cpu())
         colours.append(fg.cpu())
-        return alpha.cpu()
-
-    alpha = map_chunks(one, runtime.progress(n), image, mask, chunk=1)
-    return alpha, torch.cat(colours)
+    return torch.cat(alphas), torch.cat(colours)
 
 
 # --------------------------------------------------------------------------------------------

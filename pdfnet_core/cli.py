@@ -161,6 +161,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="mask: the mask as it is; guided: guided-filtered to the photo's edges; matting: "
                         "closed-form matting of a band around the mask edge (recovers hair the network lost; "
                         "seconds per photo)")
+    c.add_argument("--fine-hair", type=float, default=CutoutConfig.fine_hair, metavar="0..1",
+                   help="--alpha matting: widen the band outwards (up to 3x at 1) to catch strands the mask lost")
+    c.add_argument("--edge-shift", type=int, default=CutoutConfig.edge_shift, metavar="PIXELS",
+                   help="--alpha matting: expand (positive) or choke (negative) the alpha edge by this many pixels")
     c.add_argument("--despill", type=_despill, default=CutoutConfig.despill, metavar="{" + ",".join(DESPILL_CHOICES)
                    + ",#RRGGBB}", help="remove a keyed background's colour cast from the subject's colours (auto: "
                                        "the key read from the background; nothing where it is not a coloured screen)")
@@ -286,6 +290,11 @@ def _cutout_config(args: argparse.Namespace) -> CutoutConfig:
     except ValueError as exc:   # its message starts with the option's name: say it as the flag
         option, _, problem = str(exc).partition(" ")
         raise UsageError(f"--{option.replace('_', '-')} {problem}") from None
+    if args.alpha != "matting" and (args.fine_hair != CutoutConfig.fine_hair or args.edge_shift != CutoutConfig.edge_shift):
+        raise UsageError("--fine-hair and --edge-shift shape the matted edge: add --alpha matting "
+                         "(to grow or shrink a mask without matting use --grow)")
+    if not 0 <= args.fine_hair <= 1:
+        raise UsageError(f"--fine-hair must be in 0..1, got {args.fine_hair}")
     if not (args.rgba or args.mask or args.background or args.background_image):
         raise UsageError("nothing to write: drop --no-rgba or add --mask / --background")
     keys = CutoutConfig.__dataclass_fields__

@@ -70,6 +70,8 @@ class CutoutConfig:
     alpha: str = "mask"              # where the alpha comes from: a name of ops.matting.ALPHA_SOURCES
     mask_dir: Path | None = None     # refine these masks (white = subject, same names) instead of segmenting
     despill: str = "none"            # none | auto | green | blue | #RRGGBB
+    fine_hair: float = 0.0           # --alpha matting: 0..1 widens the band outwards (strands the mask lost)
+    edge_shift: int = 0              # --alpha matting: pixels, > 0 expands the alpha edge, < 0 chokes it
     refine: "RefineConfig | None" = None   # the mask refinement of PDFNet Refine Mask; None: none
     overwrite: bool = False
     retry_failed: bool = False
@@ -125,7 +127,7 @@ class CutoutConfig:
         if self.refine is not None:
             fields["refine"] = asdict(self.refine)
         # Only where they differ from the defaults, so outputs made before these settings existed stay done.
-        extra = {"alpha": self.alpha, "despill": self.despill,
+        extra = {"alpha": self.alpha, "despill": self.despill, "fine_hair": self.fine_hair, "edge_shift": self.edge_shift,
                  "mask_dir": None if self.mask_dir is None else str(self.mask_dir.resolve())}
         fields.update({k: v for k, v in extra.items() if v != getattr(CutoutConfig, k)})
         return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]

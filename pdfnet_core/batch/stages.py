@@ -30,6 +30,7 @@ from ..ops.composite import composite_over_color, composite_over_image, to_rgba
 from ..ops.despill import DespillConfig, remove_spill
 from ..ops.foreground import estimate_foreground
 from ..ops.matting import MattingConfig, alpha_from_mask
+from ..ops.trimap import TrimapConfig
 from ..ops.images import to_uint8
 from ..ops.refine import refine_mask
 from ..precision import dtype_for, resolve_device
@@ -262,10 +263,9 @@ def matting_config(cfg: CutoutConfig, network_side: int | None = None) -> Mattin
     """The matting stage of a job: the band scaled from the network side the mask was made at, its
     colours and despill.  ``network_side``: the longer side the image ran at (None: no segmenter ran,
     as with --mask-dir: the requested size, or the trimap's usual 1024 under auto)."""
-    base = MattingConfig()
-    side = network_side or cfg.segment.size or base.trimap.network_size
-    return replace(base, trimap=replace(base.trimap, network_size=side),
-                   foreground=cfg.foreground, despill=DespillConfig(key=cfg.despill))
+    side = network_side or cfg.segment.size or TrimapConfig.network_size
+    return MattingConfig.from_options(network_size=side, fine_hair=cfg.fine_hair, edge_shift=cfg.edge_shift,
+                                      despill=cfg.despill, foreground=cfg.foreground)
 
 
 def render(item: Decoded, alpha: torch.Tensor, cfg: CutoutConfig, background: torch.Tensor | None,

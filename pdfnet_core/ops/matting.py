@@ -20,7 +20,7 @@ tiles (``tile_size``), each solved only over the bounding box of its unknown pix
 foreground are full-size.  The foreground colours are estimated the same way, per tile around the
 soft alpha (``foreground_halo``), the photo's colours kept where alpha is 0 or 1 outside those boxes.
 Every step is torch on the inputs' device; the only host syncs are the convergence check every
-``check_every`` iterations and one bounding box per tile.  Time goes to CG, each iteration a few dozen
+``check_every`` iterations and one copy of the tiles' band occupancy per level.  Time goes to CG, each iteration a few dozen
 passes over the window's planes; its iterations grow with the band's width (~75 per tile at
 1024x768, ~185 at 6000x4000 started from the mask, where the band is 18 pixels wide: hence the
 half-size start there, ``coarse_band``); benchmarks/bench_matting.py --timing measures it.
@@ -39,7 +39,10 @@ from .foreground import FOREGROUND_METHODS, estimate_foreground
 from .refine import grow_mask, guided_filter
 from .trimap import UNKNOWN, TrimapConfig, band_radii, make_trimap
 
-__all__ = ["MattingConfig", "matte", "solve_alpha", "MATTING_FOREGROUND", "ALPHA_SOURCES", "alpha_from_mask"]
+# progress(done, total) after each tile; raising from it stops the work (pdfnet_core.specs.Progress)
+Progress = Callable[[int, int], None]
+
+__all__ = ["MattingConfig", "matte", "matting_steps", "solve_alpha", "MATTING_FOREGROUND", "ALPHA_SOURCES", "alpha_from_mask"]
 
 MATTING_FOREGROUND = (*FOREGROUND_METHODS, "none")
 
@@ -86,6 +89,16 @@ class MattingConfig:
             raise ValueError(f"matting: foreground must be one of {', '.join(MATTING_FOREGROUND)}, "
                              f"got {self.foreground!r}")
         return self
+
+    @classmethod
+    def from_options(cls, *, network_size: int | None, band: float = TrimapConfig.band, fine_hair: float = 0.0,
+                     edge_shift: int = 0, despill: str = "none", despill_strength: float = DespillConfig.strength,
+                     foreground: str = "multilevel") -> "MattingConfig":
+        """The settings users choose (PDFNet Matting's widgets, the cutout command's flags), validated;
+        ``network_size`` None: the mask was made at the photo's own size."""
+        return cls(trimap=TrimapConfig(network_size=network_size, band=band, fine_hair=fine_hair),
+                   edge_shift=int(edge_shift), foreground=foreground,
+                   despill=DespillConfig(key=despill, strength=despill_strength)).validate()
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,14 +231,27 @@ def _tiles(h: int, w: int, tile: int) -> Iterator[tuple[slice, slice]]:
             yield slice(y0, min(h, y0 + th)), slice(x0, min(w, x0 + tw))
 
 
-def _band_box(inside: torch.Tensor, ys: slice, xs: slice) -> tuple[slice, slice] | None:
-    """The bounding box (image coordinates) of the True pixels of ``inside`` [ys, xs]; None if none."""
-    part = inside[ys, xs]
-    rows, cols = part.any(1).nonzero(), part.any(0).nonzero()
-    if rows.numel() == 0:
-        return None
-    return (slice(ys.start + int(rows[0]), ys.start + int(rows[-1]) + 1),
-            slice(xs.start + int(cols[0]), xs.start + int(cols[-1]) + 1))
+def _tile_count(h: int, w: int, tile: int) -> int:
+    return 1 if tile <= 0 else -(-h // tile) * -(-w // tile)
+
+
+def _band_boxes(inside: torch.Tensor, tile: int) -> list[tuple[slice, slice] | None]:
+    """For each tile of ``_tiles`` (same order), the bounding box (image coordinates) of the True
+    pixels of ``inside`` [h,w] in it, None where there are none.  Each tile's row and column
+    occupancy comes to the host in one copy: one device sync for all tiles, not one per tile."""
+    h, w = inside.shape
+    th, tw = (tile, tile) if tile > 0 else (h, w)
+    ny, nx = -(-h // th), -(-w // tw)
+    grid = F.pad(inside, (0, nx * tw - w, 0, ny * th - h)).view(ny, th, nx, tw)
+    rows, cols = grid.any(3).cpu().numpy(), grid.any(1).cpu().numpy()    # [ny,th,nx], [ny,nx,tw]
+    boxes: list[tuple[slice, slice] | None] = []
+    for ty in range(ny):
+        for tx in range(nx):
+            r, c = rows[ty, :, tx].nonzero()[0], cols[ty, tx].nonzero()[0]
+            boxes.append(None if r.size == 0 else
+                         (slice(ty * th + int(r[0]), ty * th + int(r[-1]) + 1),
+                          slice(tx * tw + int(c[0]), tx * tw + int(c[-1]) + 1)))
+    return boxes
 
 
 def _grown(box: tuple[slice, slice], by: int, h: int, w: int) -> tuple[slice, slice]:
@@ -245,47 +271,92 @@ def _coarser(img: torch.Tensor, tri: torch.Tensor, pri: torch.Tensor
     return small_img, small_tri, small_pri
 
 
+class _Ticks:
+    """A matte call's progress in tiles: every tile of every level and of the colours counts one
+    (a tile without band costs nothing and passes at once).  ``progress(done, total)`` is called
+    after each; raising from it (a cancel) stops the work there."""
+
+    def __init__(self, progress: Progress | None, total: int) -> None:
+        self.progress, self.total, self.done = progress, total, 0
+
+    def __call__(self, n: int = 1) -> None:
+        self.done += n
+        if self.progress is not None:
+            self.progress(min(self.done, self.total), self.total)
+
+    def reach(self, done: int) -> None:
+        """Skip to ``done`` (the work left out of the plan: levels or colours not needed)."""
+        if done > self.done:
+            self(done - self.done)
+
+
+def _level_sizes(h: int, w: int, halvings: int) -> list[tuple[int, int]]:
+    """Image sizes from the coarsest level to the full one (each halving rounds up)."""
+    sizes = [(h, w)]
+    for _ in range(halvings):
+        h, w = -(-h // 2), -(-w // 2)
+        sizes.insert(0, (h, w))
+    return sizes
+
+
+def _level_steps(h: int, w: int, config: MattingConfig) -> int:
+    return sum(_tile_count(*size, config.tile_size) for size in _level_sizes(h, w, _halvings(h, w, config)))
+
+
+def matting_steps(height: int, width: int, config: MattingConfig = MattingConfig()) -> int:
+    """The progress steps (tiles) ``matte`` reports for one image of this size."""
+    colours = 0 if config.foreground == "none" else _tile_count(height, width, config.tile_size)
+    return _level_steps(height, width, config) + colours
+
+
 def _solve_level(img: torch.Tensor, tri: torch.Tensor, pri: torch.Tensor, cfg: MattingConfig,
-                 halvings: int = 0) -> torch.Tensor:
+                 halvings: int, ticks: _Ticks) -> torch.Tensor:
     h, w = tri.shape
     unknown = tri == UNKNOWN
+    # Only the band's bounding box in a tile, with its halo, is solved: a tile crossed by a thin band
+    # costs that box, not the whole tile (half the pixels at 1024x768, a quarter at 6000x4000 on the
+    # benchmark's scene).
+    boxes = _band_boxes(unknown, cfg.tile_size)
     start = pri
-    if halvings > 0 and min(h, w) >= 2 and bool(unknown.any()):
+    if halvings > 0 and min(h, w) >= 2 and any(boxes):
         # Coarse to fine: the half-size solution is CG's first guess here and holds the edges of
         # each tile's window, so a tile needs fewer iterations and agrees with its neighbours.
-        coarse = _solve_level(*_coarser(img, tri, pri), cfg, halvings - 1)
+        coarse = _solve_level(*_coarser(img, tri, pri), cfg, halvings - 1, ticks)
         start = F.interpolate(coarse[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+    else:
+        ticks.reach(ticks.done + sum(_tile_count(*size, cfg.tile_size) for size in _level_sizes(h, w, halvings)[:-1]))
     alpha = torch.where(unknown, start, tri)
-    for tile in _tiles(h, w, cfg.tile_size):
-        # Only the band's bounding box in the tile, with its halo, is solved: a tile crossed by a
-        # thin band costs that box, not the whole tile (half the pixels at 1024x768, a quarter at
-        # 6000x4000 on the benchmark's scene).
-        box = _band_box(unknown, *tile)
-        if box is None:
-            continue
-        ys, xs = box
-        wy, wx = _grown(box, cfg.halo, h, w)
-        free = unknown[wy, wx].to(img.dtype)
-        # A window cut out of the image keeps the starting values on its cut edges (a Dirichlet
-        # condition); the image's own border needs none.
-        ring = torch.ones_like(free)
-        ring[cfg.radius if wy.start > 0 else 0:free.shape[0] - cfg.radius if wy.stop < h else None,
-             cfg.radius if wx.start > 0 else 0:free.shape[1] - cfg.radius if wx.stop < w else None] = 0
-        free = free * (1 - ring)
-        window = alpha[wy, wx]
-        solved = _solve_window(img[:, wy, wx].contiguous(), free, window, pri[wy, wx], window, cfg)
-        alpha[ys, xs] = solved[ys.start - wy.start:ys.stop - wy.start, xs.start - wx.start:xs.stop - wx.start]
+    for box in boxes:
+        if box is not None:
+            ys, xs = box
+            wy, wx = _grown(box, cfg.halo, h, w)
+            free = unknown[wy, wx].to(img.dtype)
+            # A window cut out of the image keeps the starting values on its cut edges (a Dirichlet
+            # condition); the image's own border needs none.
+            ring = torch.ones_like(free)
+            ring[cfg.radius if wy.start > 0 else 0:free.shape[0] - cfg.radius if wy.stop < h else None,
+                 cfg.radius if wx.start > 0 else 0:free.shape[1] - cfg.radius if wx.stop < w else None] = 0
+            free = free * (1 - ring)
+            window = alpha[wy, wx]
+            solved = _solve_window(img[:, wy, wx].contiguous(), free, window, pri[wy, wx], window, cfg)
+            alpha[ys, xs] = solved[ys.start - wy.start:ys.stop - wy.start, xs.start - wx.start:xs.stop - wx.start]
+        ticks()
     return alpha
 
 
-def solve_alpha(image: torch.Tensor, trimap: torch.Tensor, prior: torch.Tensor,
-                config: MattingConfig = MattingConfig()) -> torch.Tensor:
-    """Alpha [H,W] for one image [H,W,3] given its trimap and prior mask [H,W] (see ``matte``)."""
+def _alpha(image: torch.Tensor, trimap: torch.Tensor, prior: torch.Tensor, config: MattingConfig,
+           ticks: _Ticks) -> torch.Tensor:
     img = image.to(torch.float32).permute(2, 0, 1)
     tri = trimap.to(device=img.device, dtype=torch.float32)
     pri = prior.to(device=img.device, dtype=torch.float32).clamp(0, 1)
     h, w = tri.shape
-    return _solve_level(img, tri, pri, config, _halvings(h, w, config))
+    return _solve_level(img, tri, pri, config, _halvings(h, w, config), ticks)
+
+
+def solve_alpha(image: torch.Tensor, trimap: torch.Tensor, prior: torch.Tensor,
+                config: MattingConfig = MattingConfig(), progress: Progress | None = None) -> torch.Tensor:
+    """Alpha [H,W] for one image [H,W,3] given its trimap and prior mask [H,W] (see ``matte``)."""
+    return _alpha(image, trimap, prior, config, _Ticks(progress, _level_steps(*trimap.shape, config)))
 
 
 def _halvings(h: int, w: int, config: MattingConfig) -> int:
@@ -311,46 +382,51 @@ def _checked_mask(mask, image: torch.Tensor) -> torch.Tensor:
     return mask
 
 
-def _foreground_in_band(image: torch.Tensor, alpha: torch.Tensor, config: MattingConfig) -> torch.Tensor:
+def _foreground_in_band(image: torch.Tensor, alpha: torch.Tensor, config: MattingConfig,
+                        ticks: _Ticks) -> torch.Tensor:
     """Foreground colours [1,H,W,3]: estimated tile by tile around the soft alpha, the photo's elsewhere."""
     h, w = alpha.shape[1:]
-    soft = (alpha[0] > 0) & (alpha[0] < 1)
     out = image.clone()
-    for tile in _tiles(h, w, config.tile_size):
-        box = _band_box(soft, *tile)
-        if box is None:
-            continue
-        (ys, xs), (wy, wx) = box, _grown(box, config.foreground_halo, h, w)
-        estimate = estimate_foreground(image[:, wy, wx], alpha[:, wy, wx], config.foreground).foreground
-        out[:, ys, xs] = estimate[:, ys.start - wy.start:ys.stop - wy.start, xs.start - wx.start:xs.stop - wx.start]
+    for box in _band_boxes((alpha[0] > 0) & (alpha[0] < 1), config.tile_size):
+        if box is not None:
+            (ys, xs), (wy, wx) = box, _grown(box, config.foreground_halo, h, w)
+            estimate = estimate_foreground(image[:, wy, wx], alpha[:, wy, wx], config.foreground).foreground
+            out[:, ys, xs] = estimate[:, ys.start - wy.start:ys.stop - wy.start,
+                                      xs.start - wx.start:xs.stop - wx.start]
+        ticks()
     return out
 
 
-def matte(image: torch.Tensor, mask: torch.Tensor,
-          config: MattingConfig = MattingConfig()) -> tuple[torch.Tensor, torch.Tensor]:
+def matte(image: torch.Tensor, mask: torch.Tensor, config: MattingConfig = MattingConfig(),
+          progress: Progress | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(alpha [B,H,W], foreground [B,H,W,3]) of images [B,H,W,3] and their soft masks [B,H,W] (subject = 1).
 
     An empty mask gives alpha 0, a full one alpha 1 (nothing is unknown there); a mask and an image
     of different sizes, or a mask with channels, is an InputError saying what to pass instead.
+    ``progress(done, total)`` is called after each tile (``matting_steps`` per image); raising from
+    it stops the work.
     """
     image = check_image(image, "image")
     mask = _checked_mask(mask, image)
     n = batch_pair(image.shape[0], mask.shape[0], "image", "mask")
     config.validate()
     mask = mask.to(image.device)
+    per_image = matting_steps(image.shape[1], image.shape[2], config)
+    ticks = _Ticks(progress, n * per_image)
     alphas, foregrounds = [], []
     for i in range(n):
         im = image[i if image.shape[0] > 1 else 0][None]
         m = mask[i if mask.shape[0] > 1 else 0][None]
         trimap = make_trimap(m, config.trimap)
-        alpha = solve_alpha(im[0], trimap[0], m[0], config)[None]
+        alpha = _alpha(im[0], trimap[0], m[0], config, ticks)[None]
         if config.edge_shift:
             alpha = grow_mask(alpha, config.edge_shift)
         work = im.to(torch.float32)
-        fg = work if config.foreground == "none" else _foreground_in_band(work, alpha, config)
+        fg = work if config.foreground == "none" else _foreground_in_band(work, alpha, config, ticks)
         fg = remove_spill(work, fg, alpha, trimap == 0, config.despill)
         alphas.append(alpha.to(image.dtype))
         foregrounds.append(fg.to(image.dtype))
+        ticks.reach((i + 1) * per_image)
     return torch.cat(alphas), torch.cat(foregrounds)
 
 

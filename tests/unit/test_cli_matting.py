@@ -91,3 +91,25 @@ def test_the_matting_band_scales_from_the_side_each_image_ran_at(tmp_path):
     assert CutoutModels(None, None).network_side(photo, auto) is None
     assert matting_config(auto, None).trimap.network_size == 1024
     assert matting_config(fixed, None).trimap.network_size == 512
+
+
+def test_fine_hair_and_edge_shift_reach_the_matting_and_need_it(tmp_path, capsys):
+    from pdfnet_core.batch.stages import matting_config
+    from pdfnet_core.cli import _cutout_config, _parser, main
+
+    (tmp_path / "photos").mkdir()
+    base = ["cutout", str(tmp_path / "photos"), "--out", str(tmp_path / "out")]
+    assert main([*base, "--fine-hair", "0.5"]) == 2
+    assert "add --alpha matting" in capsys.readouterr().err
+    assert main([*base, "--alpha", "matting", "--fine-hair", "2"]) == 2
+    assert "--fine-hair must be in 0..1, got 2.0" in capsys.readouterr().err
+
+    def config(*flags):
+        return _cutout_config(_parser().parse_args([*base, "--alpha", "matting", *flags]))
+
+    plain, shaped = config(), config("--fine-hair", "0.5", "--edge-shift", "-3")
+    matting = matting_config(shaped, 1024)
+    assert (matting.trimap.fine_hair, matting.edge_shift) == (0.5, -3)
+    assert (matting_config(plain, 1024).trimap.fine_hair, matting_config(plain, 1024).edge_shift) == (0.0, 0)
+    assert plain.settings_key() != shaped.settings_key()   # outputs made without them are not done
+    assert plain.settings_key() == config("--fine-hair", "0").settings_key()

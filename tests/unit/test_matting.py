@@ -7,7 +7,11 @@ import torch.nn.functional as F
 
 from pdfnet_core.ops.checks import InputError
 from pdfnet_core.ops.despill import DespillConfig, despill, estimate_key, key_color
-from pdfnet_core.ops.matting import MattingConfig, _halvings, _Laplacian, matte, solve_alpha
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from pdfnet_core.ops import matting
+from pdfnet_core.ops.matting import (MattingConfig, _band_boxes, _halvings, _Laplacian, _tiles, matte, matting_steps,
+                                     solve_alpha)
 from pdfnet_core.ops.trimap import UNKNOWN, TrimapConfig, band_radii, make_trimap
 
 RED, BLUE, GREEN = (0.9, 0.2, 0.1), (0.15, 0.3, 0.85), (0.1, 0.75, 0.2)
@@ -101,6 +105,93 @@ def test_only_a_wide_band_is_solved_coarse_to_fine_and_lands_near_the_one_level_
     mask_error = float((mask - alpha).abs().sum())
     one_error, coarse_error = float((one - alpha).abs().sum()), float((coarse_start - alpha).abs().sum())
     assert coarse_error < 0.2 * mask_error and abs(coarse_error - one_error) < 0.05 * mask_error
+
+
+def test_band_boxes_are_each_tiles_bounding_box_of_the_band():
+    torch.manual_seed(3)
+    inside = torch.rand(70, 53) > 0.97
+    inside[:, 40:] = False                       # a column of tiles without band
+    for tile in (0, 16, 25, 53):
+        boxes = _band_boxes(inside, tile)
+        tiles = list(_tiles(70, 53, tile))
+        assert len(boxes) == len(tiles)
+        for (ys, xs), box in zip(tiles, boxes):
+            part = inside[ys, xs]
+            if not part.any():
+                assert box is None
+                continue
+            rows, cols = part.any(1).nonzero()[:, 0], part.any(0).nonzero()[:, 0]
+            assert box == (slice(ys.start + int(rows[0]), ys.start + int(rows[-1]) + 1),
+                           slice(xs.start + int(cols[0]), xs.start + int(cols[-1]) + 1))
+
+
+def test_progress_counts_every_tile_of_every_level_and_a_raise_stops_the_work(strand_case, monkeypatch):
+    image, _, mask = (F.interpolate(x.movedim(-1, 0)[None] if x.ndim == 3 else x[None, None], scale_factor=2,
+                                    mode="bilinear")[0].movedim(0, -1).squeeze(-1).contiguous() for x in strand_case)
+    cfg = MattingConfig(trimap=TrimapConfig(network_size=16), tile_size=32, foreground="blur_fusion")
+    assert _halvings(128, 128, cfg) == 1
+    steps = matting_steps(128, 128, cfg)
+    assert steps == 4 + 16 + 16                  # 64² level, 128² level, colours: 32² tiles
+    reports = []
+    matte(image[None].expand(2, -1, -1, -1), mask[None], cfg, lambda done, total: reports.append((done, total)))
+    assert [d for d, _ in reports] == list(range(1, 2 * steps + 1)) and {t for _, t in reports} == {2 * steps}
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_3(done: int, total: int) -> None:
+        if done == 3:
+            raise Stop
+
+    solved = []
+    real = matting._solve_window
+    monkeypatch.setattr(matting, "_solve_window", lambda *a: solved.append(1) or real(*a))
+    with pytest.raises(Stop):
+        matte(image[None], mask[None], cfg, stop_at_3)
+    assert len(solved) <= 3                      # nothing ran after the raise
+
+
+class HostSyncs(TorchDispatchMode):
+    """Counts the ops that wait for the device on a GPU: a tensor's value read on the host
+    (``.item()``, ``bool()``), a data-dependent shape (``nonzero``) and copies to the CPU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = func.overloadpacket.__name__
+        if name in ("_local_scalar_dense", "nonzero", "masked_select") or (
+                name in ("_to_copy", "copy_") and kwargs.get("device", None) == torch.device("cpu")):
+            self.count += 1
+        return func(*args, **kwargs)
+
+
+def test_the_solver_waits_for_the_device_once_per_level_and_once_per_ten_iterations(strand_case, monkeypatch):
+    """On a GPU a host sync stalls the launch queue: the band boxes come over in one copy per level,
+    CG checks convergence every ``check_every`` iterations and nothing else reads a value."""
+    image, _, mask = strand_case
+    iterations = []
+    real = matting._pcg
+
+    def counted(apply, b, x, inv_diag, cfg):
+        def step(v):
+            iterations[-1] += 1
+            return apply(v)
+        iterations.append(-1)                        # the first apply is the starting residual
+        return real(step, b, x, inv_diag, cfg)
+
+    monkeypatch.setattr(matting, "_pcg", counted)
+    trimap = make_trimap(mask[None], config().trimap)[0]
+    for tile in (0, 24):
+        iterations.clear()
+        cfg = config(tile_size=tile, halo=12)
+        with HostSyncs() as syncs:
+            solve_alpha(image, trimap, mask, cfg)
+        checks = sum(n // cfg.check_every for n in iterations)
+        assert sum(iterations) > 3 * checks > 0      # CG ran, far more iterations than checks
+        assert syncs.count <= checks + 2 * (_halvings(64, 64, cfg) + 1)   # + the boxes' two copies a level
 
 
 # ------------------------------------------------------------------ trimap

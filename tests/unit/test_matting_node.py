@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import sys
 import types
+from dataclasses import replace
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from node_schemas import _stand_ins
 
 from nodes import adapters as ad
 from pdfnet_core import InputError, matte
+from pdfnet_core.ops import matting
 
 
 class Cancelled(Exception):
@@ -69,7 +71,9 @@ def test_one_mask_for_a_batch_is_matted_image_by_image_with_the_bar_moving_each_
     runtime = FakeRuntime()
     alpha, fg = ad.matte_images(images, mask, CONFIG, runtime)
     assert alpha.shape == (3, 40, 40) and fg.shape == (3, 40, 40, 3)
-    assert runtime.bars == [[(1, 3), (2, 3), (3, 3)]]
+    steps = ad.matting_steps(40, 40, CONFIG)    # the alpha's tile and the colours' tile
+    assert steps == 2
+    assert runtime.bars == [[(k, 3 * steps) for k in range(1, 3 * steps + 1)]]
     for i in range(3):   # each result is that image's own matte under the shared mask
         a, f = matte(images[i:i + 1], mask, CONFIG)
         assert torch.equal(alpha[i], a[0]) and torch.equal(fg[i], f[0])
@@ -83,13 +87,21 @@ def test_a_lone_hw_mask_and_a_device_are_taken_as_comfyui_hands_them():
     assert alpha.shape == (1, 40, 40) and fg.device.type == "cpu"
 
 
-def test_a_cancel_stops_between_images(monkeypatch):
+def test_a_cancel_stops_the_image_at_the_tile_it_came_in(monkeypatch):
     images, mask = scene(3)
-    calls = []
-    monkeypatch.setattr(ad, "matte", lambda im, m, cfg: calls.append(1) or matte(im, m, cfg))
+    images = F.interpolate(images.permute(0, 3, 1, 2), size=(120, 120), mode="bilinear").permute(0, 2, 3, 1)
+    mask = F.interpolate(mask[None], size=(120, 120), mode="bilinear")[0]
+    config = replace(CONFIG, tile_size=40)
+    steps = ad.matting_steps(120, 120, config)      # 1 + 4 + 9 tiles over the three levels, 9 for the colours
+    assert steps == 23
+    solved = []
+    real = matting._solve_window
+    monkeypatch.setattr(matting, "_solve_window", lambda *a: solved.append(1) or real(*a))
+    runtime = FakeRuntime(cancel_at=2)
     with pytest.raises(Cancelled):
-        ad.matte_images(images, mask, CONFIG, FakeRuntime(cancel_at=1))
-    assert len(calls) == 1
+        ad.matte_images(images, mask, config, runtime)
+    assert runtime.bars[0] == [(1, 3 * steps), (2, 3 * steps)]
+    assert 1 <= len(solved) <= 2                     # no tile ran after the cancel
 
 
 def test_bad_batches_are_refused_before_any_image_runs(monkeypatch):
@@ -160,4 +172,4 @@ def test_the_node_runs_its_widgets_through_the_adapter(node_module):
     expected, colours = ad.matte_images(images, mask, CONFIG, FakeRuntime())
     assert alpha.dtype == fg.dtype == torch.float16
     assert torch.equal(alpha, expected.to(torch.float16)) and torch.equal(fg, colours.to(torch.float16))
-    assert node_module.runtime.bars == [[(1, 2), (2, 2)]]
+    assert node_module.runtime.bars == [[(k, 4) for k in range(1, 5)]]   # two images, two tiles each
