@@ -280,8 +280,11 @@ def render(item: Decoded, alpha: torch.Tensor, cfg: CutoutConfig, background: to
     matted = None
     if cfg.alpha != "mask":
         with timer(cfg.alpha):
-            alpha, matted = alpha_from_mask(image, alpha[None], cfg.alpha, matting_config(cfg, network_side))
-            alpha = alpha[0]
+            # On the job's device: matting is thousands of small steps, a GPU's work (a no-op on the CPU)
+            device = resolve_device(cfg.device)
+            alpha, matted = alpha_from_mask(image.to(device), alpha[None].to(device), cfg.alpha,
+                                            matting_config(cfg, network_side))
+            alpha, matted = alpha[0].cpu(), None if matted is None else matted.cpu()
     with timer("foreground"):
         fg = image if matted is None else matted
         if matted is None and cfg.foreground != "none" and (cfg.rgba or cfg.background is not None

@@ -20,8 +20,8 @@ tiles (``tile_size``), each solved only over the bounding box of its unknown pix
 foreground are full-size.  The foreground colours are estimated the same way, per tile around the
 soft alpha (``foreground_halo``), the photo's colours kept where alpha is 0 or 1 outside those boxes.
 Every step is torch on the inputs' device; the only host syncs are the convergence check every
-``check_every`` iterations and one copy of the tiles' band occupancy per level.  Time goes to CG, each iteration a few dozen
-passes over the window's planes; its iterations grow with the band's width (~75 per tile at
+``check_every`` iterations and one copy of the tiles' band occupancy per level.  Time goes to CG,
+each iteration a few dozen passes over the window's planes; its iterations grow with the band's width (~75 per tile at
 1024x768, ~185 at 6000x4000 started from the mask, where the band is 18 pixels wide: hence the
 half-size start there, ``coarse_band``); benchmarks/bench_matting.py --timing measures it.
 """

@@ -113,3 +113,29 @@ def test_fine_hair_and_edge_shift_reach_the_matting_and_need_it(tmp_path, capsys
     assert (matting_config(plain, 1024).trimap.fine_hair, matting_config(plain, 1024).edge_shift) == (0.0, 0)
     assert plain.settings_key() != shaped.settings_key()   # outputs made without them are not done
     assert plain.settings_key() == config("--fine-hair", "0").settings_key()
+
+
+def test_matting_runs_on_the_jobs_device_and_its_results_come_back(tmp_path, monkeypatch):
+    """On a GPU machine matting runs there, not on the CPU the photo was decoded on (here the device
+    is torch's "meta" stand-in: the inputs arrive on it, the outputs go back to the CPU)."""
+    from pathlib import PurePosixPath
+
+    import torch
+
+    from pdfnet_core.batch import stages
+    from pdfnet_core.batch.config import CutoutConfig
+    from pdfnet_core.batch.jobs import Job
+
+    seen = []
+
+    def fake_alpha_from_mask(image, mask, source, config):
+        seen.append((image.device.type, mask.device.type, source))
+        return torch.full((1, 8, 8), 0.5), torch.zeros(1, 8, 8, 3)   # stand-ins for the results
+
+    monkeypatch.setattr(stages, "alpha_from_mask", fake_alpha_from_mask)
+    cfg = CutoutConfig(inputs=("x",), out=tmp_path, alpha="matting", mask=True, device="meta")
+    item = stages.Decoded(Job(str(tmp_path / "a.png"), PurePosixPath("a")), None, image=torch.rand(8, 8, 3))
+    arrays = stages.render(item, torch.rand(8, 8), cfg, None, stages.StageTimer(), 1024)
+    assert seen == [("meta", "meta", "matting")]
+    assert [path.name for path, _ in arrays] == ["a.png", "a_mask.png"]
+    assert (arrays[1][1] == 128).all()            # the matted alpha, back on the CPU, is what was written
