@@ -32,6 +32,7 @@ pytestmark = pytest.mark.comfy
 BIREFNET_FILE = "synthetic_birefnet_swin_t.safetensors"   # unknown to the registry: patch order 'current'
 SEGREFINER_FILE = "synthetic_segrefiner_narrow.pth"
 SMALL = (48, 64)          # (H, W) of the SegRefiner image: hr mode still runs its 256² global pass
+MATTE = (1024, 1280)      # (H, W) of the matting photo: 6 tiles of 512² (and 2 on the half-size level)
 SEED = 11
 
 
@@ -56,6 +57,21 @@ class Assets:
         # a coarse mask: the disk shifted by 3 px, so there is something to refine
         coarse = ((yy - h / 2 - 3) ** 2 + (xx - w / 2) ** 2 < (h / 3) ** 2).astype(np.uint8) * 255
         self.coarse = base.Env._png(tmp / "small_coarse.png", np.repeat(coarse[..., None], 3, -1))
+        # a photo for matting: a disk with thin strands over a gradient, and the mask a segmenter at
+        # 1/8 of its size would give (the strands gone, the rim blurred)
+        h, w = MATTE
+        yy, xx = np.mgrid[0:h, 0:w] + 0.5
+        alpha = np.clip(300 - np.hypot(yy - h / 2, xx - w / 2) + 0.5, 0, 1)
+        angles, radii = np.linspace(0, 2 * np.pi, 48, endpoint=False)[:, None], np.arange(302, 322)[None]
+        self.strands = ((h / 2 + radii * np.sin(angles)).astype(int), (w / 2 + radii * np.cos(angles)).astype(int))
+        alpha[self.strands] = 1.0                 # 48 strands, 1 px wide, 20 px long
+        fg, bg = np.array([200, 120, 60]), np.stack([40 + 80 * xx / w, 60 + 0 * xx, 140 - 60 * yy / h], -1)
+        self.photo = base.Env._png(tmp / "matte_photo.png", (alpha[..., None] * fg + (1 - alpha[..., None]) * bg
+                                                            + 0.5).astype(np.uint8))
+        low = alpha.reshape(h // 8, 8, w // 8, 8).mean((1, 3))
+        low = np.clip((low - 0.5) * 2.5 + 0.5, 0, 1).repeat(8, 0).repeat(8, 1)
+        self.photo_mask = base.Env._png(tmp / "matte_mask.png", (np.repeat(low[..., None], 3, -1) * 255 + 0.5)
+                                        .astype(np.uint8))
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +88,7 @@ def server(assets):
         models={"pdfnet": [str(env.pdfnet)], "depthanything": [str(env.dam)],
                 "birefnet": [str(assets.birefnet)], "segrefiner": [str(assets.segrefiner)]})
     srv.start(timeout=300)
-    for path in (env.image, assets.small, assets.coarse):
+    for path in (env.image, assets.small, assets.coarse, assets.photo, assets.photo_mask):
         srv.put_input(str(path), path.name)
     try:
         yield srv
@@ -98,6 +114,21 @@ def segrefine_workflow(mode: str = "hr", model_name: str = SEGREFINER_FILE) -> d
                                                           "segrefiner_model": ["4", 0], "mode": mode, "seed": SEED}},
         "6": {"class_type": "MaskToImage", "inputs": {"mask": ["5", 0]}},
         "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "pdfnet/segrefine"}},
+    }
+
+
+def matting_workflow() -> dict:
+    return {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "matte_photo.png"}},
+        "2": {"class_type": "LoadImage", "inputs": {"image": "matte_mask.png"}},
+        "3": {"class_type": "ImageToMask", "inputs": {"image": ["2", 0], "channel": "red"}},
+        "4": {"class_type": "PDFNetMatting", "inputs": {
+            "image": ["1", 0], "mask": ["3", 0], "network_size": MATTE[1] // 8, "band": 1.5, "fine_hair": 1.0,
+            "edge_shift": 0, "despill": "none", "despill_color": "#00FF00", "despill_strength": 1.0,
+            "foreground": "multilevel"}},
+        "5": {"class_type": "MaskToImage", "inputs": {"mask": ["4", 0]}},
+        "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": "pdfnet/alpha"}},
+        "7": {"class_type": "SaveImage", "inputs": {"images": ["4", 1], "filename_prefix": "pdfnet/foreground"}},
     }
 
 
@@ -207,3 +238,28 @@ def test_missing_segrefiner_file_names_the_manual_url_and_folder(server):
     assert "https://drive.google.com/file/d/143kerk4WOerGZMqR-cAETb7rOcoQ0CQ_" in text
     assert f"models{os.sep}segrefiner" in text and "download it by hand" in text
     assert "turn on" not in text
+
+
+def test_matting_node_moves_its_bar_tile_by_tile_and_gives_the_librarys_alpha(server, assets):
+    from pdfnet_core import matte, matting_steps
+    from nodes.adapters import matting_config
+
+    wf = matting_workflow()
+    result = run(server, wf)
+    succeeded(result)
+    alpha = read_png(files_of(result, "6")[0])[..., 0]
+    colours = read_png(files_of(result, "7")[0])
+    assert alpha.shape == MATTE and colours.shape == (*MATTE, 3)
+    config = matting_config(**{k: v for k, v in wf["4"]["inputs"].items() if k not in ("image", "mask")})
+    steps = matting_steps(*MATTE, config)
+    assert steps == 2 + 6 + 6                    # half-size level, full level, colours: 512² tiles
+    bar = progress_of(result, "4")
+    assert bar[-1] == (steps, steps) and len(bar) >= 3, bar   # the bar moved within the one image
+    assert [done for done, _ in bar] == sorted(done for done, _ in bar)
+    image = torch.from_numpy(rgb_of(assets.photo))[None]
+    mask = torch.from_numpy(rgb_of(assets.photo_mask)[..., 0])[None]
+    want, want_fg = matte(image, mask, config)
+    assert_close_8bit(alpha, want[0].numpy(), "matted alpha")
+    assert np.abs(colours - want_fg[0].numpy() * 255).mean() < 1.0
+    given = rgb_of(assets.photo_mask)[..., 0]
+    assert given[assets.strands].mean() < 0.2 < alpha[assets.strands].mean() / 255 - 0.2   # strands found again
