@@ -46,7 +46,7 @@ for _folder in (ROOT, ROOT / "tests" / "support", ROOT / "benchmarks"):
     if str(_folder) not in sys.path:
         sys.path.insert(0, str(_folder))
 
-SECTIONS = ("env", "parity", "agreement", "throughput", "node", "syncs", "compile")
+SECTIONS = ("env", "parity", "agreement", "throughput", "node", "matting", "syncs", "compile")
 CUDA_ONLY = ("syncs", "compile")
 SIZE, BATCHES, NODE_FRAMES = 1024, (1, 8, 16), 16
 QUICK_SIZE, QUICK_BATCHES, QUICK_FRAMES = 64, (2,), 2
@@ -794,6 +794,46 @@ def section_syncs(chk: Check, out: Section) -> None:
         count, where = _count_syncs(chk, fn)
         out.emit(name, f"{count} syncs" + ("; " + "; ".join(f"{n}x {w}" for w, n in where) if where else ""),
                  syncs=count, where=where)
+
+
+# --------------------------------------------------------------------------------------------
+# matting (closed-form alpha in a band: thousands of small CG steps, a GPU's kind of work)
+
+
+def section_matting(chk: Check, out: Section) -> None:
+    """matte() end to end on the device: seconds and peak memory at 1024x768 and 6000x4000 (the CPU
+    bars: 15 s and 60 s), its agreement with the CPU's alpha, and its host syncs."""
+    import torch
+
+    from bench_matting import matting_config, photo
+    from pdfnet_core import matte
+
+    config = matting_config(1024)
+    sizes = [(96, 128)] if chk.quick else [(768, 1024), (4000, 6000)]
+    for i, (h, w) in enumerate(sizes):
+        image, mask = photo(h, w)
+        on = image[None].to(chk.device), mask[None].to(chk.device)
+        if not chk.quick:
+            matte(*on, config)                 # warm-up: kernels and allocator
+        chk.reset_peak()
+        chk.sync()
+        t0 = time.perf_counter()
+        alpha, _ = matte(*on, config)
+        chk.sync()
+        seconds = time.perf_counter() - t0
+        peak = chk.peak_gib()
+        out.emit(f"matte {w}x{h} end to end", f"{seconds:.2f} s" + ("" if peak is None else f", peak {peak:.2f} GiB"),
+                 seconds=seconds, peak_gib=peak)
+        if i == 0:
+            reference, _ = matte(image[None], mask[None], config)
+            diff = (alpha.float().cpu() - reference).abs()
+            mean, worst = float(diff.mean()), float(diff.max())
+            out.emit(f"matte {w}x{h} alpha vs the CPU's", f"mean {mean:.2e}, max {worst:.2e}", ok=mean < 0.01,
+                     mean=mean, max=worst)
+            if chk.cuda:
+                count, where = _count_syncs(chk, lambda: matte(*on, config))
+                out.emit(f"matte {w}x{h} host syncs", f"{count} syncs" + (
+                    "; " + "; ".join(f"{n}x {w}" for w, n in where) if where else ""), syncs=count, where=where)
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ DEVICE=cuda
 QUICK=()
 REFERENCE=.gpu_reference
 BUDGET=
-SECTIONS="env parity agreement throughput node syncs compile"
+SECTIONS="env parity agreement throughput node matting syncs compile"
 DTYPES="bf16"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -60,7 +60,7 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONDONTWRIT
 
 # Per-section caps in seconds.  Each section also leaves RESERVE seconds for every section after it,
 # and the last report gets REPORT_S; compile, last, takes what remains up to its cap.
-declare -A CAP=([env]=30 [parity]=120 [agreement]=60 [throughput]=100 [node]=60 [syncs]=40 [compile]=150)
+declare -A CAP=([env]=30 [parity]=120 [agreement]=60 [throughput]=100 [node]=60 [matting]=60 [syncs]=40 [compile]=150)
 RESERVE=20
 REPORT_S=5
 

@@ -453,7 +453,7 @@ def matte_images(image: torch.Tensor, mask: torch.Tensor, config: MattingConfig,
                  device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(alpha [B,H,W], foreground [B,H,W,3]) of a batch by ``matte``, one image at a time on ``device``:
     a 6000x4000 photo's matting takes most of a minute on a CPU, so the bar moves tile by tile and a
-    cancel is honoured within a tile.  An image under N masks or N images under one mask; sizes are
+    cancel is honoured after the tile running.  An image under N masks or N images under one mask; sizes are
     checked before the first image runs."""
     image = node_image(image)
     mask = check_mask(mask, "mask", single=True)

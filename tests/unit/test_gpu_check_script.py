@@ -99,7 +99,7 @@ def test_quick_cpu_dry_run_writes_every_section_under_out(reference_dir, tmp_pat
         assert f"== {name}" in text
     assert {n for n, d in sections.items() if d["status"] == "skipped"} == set(gpu_check.CUDA_ONLY)
     assert all(sections[n]["reason"] == "no CUDA" for n in gpu_check.CUDA_ONLY)
-    for name in ("env", "parity", "agreement", "throughput", "node"):
+    for name in ("env", "parity", "agreement", "throughput", "node", "matting"):
         assert sections[name]["rows"], name
         assert sections[name].get("wall_s") is not None and sections[name].get("limit_s"), name
 
@@ -112,6 +112,8 @@ def test_quick_cpu_dry_run_writes_every_section_under_out(reference_dir, tmp_pat
     assert any("fp16 vs fp32" in n for n in agreement) and any("bf16 vs fp32" in n for n in agreement)
     speeds = [r for r in sections["throughput"]["rows"] if "images_per_s" in r["numbers"]]
     assert {r["name"].split(" 64²")[0] for r in speeds} == {"PDFNet model alone", "segment() PDFNet + DAv2-S"}
+    matting = {r["name"]: r for r in sections["matting"]["rows"]}
+    assert matting["matte 128x96 alpha vs the CPU's"]["ok"] is True and "matte 128x96 end to end" in matting
     node = {r["name"]: r for r in sections["node"]["rows"]}
     assert node["weight uploads per run"]["numbers"]["per_run"] == [0, 0]   # on the CPU nothing moves
     assert [g["key"] for g in report["goals"]] == [g.key for g in gpu_check.GOALS]
