@@ -803,8 +803,6 @@ def section_syncs(chk: Check, out: Section) -> None:
 def section_matting(chk: Check, out: Section) -> None:
     """matte() end to end on the device: seconds and peak memory at 1024x768 and 6000x4000 (the CPU
     bars: 15 s and 60 s), its agreement with the CPU's alpha, and its host syncs."""
-    import torch
-
     from bench_matting import matting_config, photo
     from pdfnet_core import matte
 
@@ -833,7 +831,7 @@ def section_matting(chk: Check, out: Section) -> None:
             if chk.cuda:
                 count, where = _count_syncs(chk, lambda: matte(*on, config))
                 out.emit(f"matte {w}x{h} host syncs", f"{count} syncs" + (
-                    "; " + "; ".join(f"{n}x {w}" for w, n in where) if where else ""), syncs=count, where=where)
+                    "; " + "; ".join(f"{n}x {place}" for place, n in where) if where else ""), syncs=count, where=where)
 
 
 # --------------------------------------------------------------------------------------------
