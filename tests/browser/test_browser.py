@@ -207,6 +207,7 @@ def test_blueprints_are_served_and_one_runs_in_the_frontend(server):
     assert res.get("title") == "Replace Background (PDFNet)", res
     assert res["inputs"] == ["image", "background"] and res["outputs"] == ["image"], res
     assert {"model_name", "fit"} <= set(res["promoted"]), res["promoted"]
+    assert {"pdfnet_model", "depth_model", "fit"} <= set(res["labels"]), res["labels"]   # not model_name twice
     assert res["run"]["ok"], (res["run"], server.log_tail(40))
     assert res["shown"] == [{"type": "PreviewImage", "images": 1}], res["shown"]
 

@@ -22,7 +22,7 @@
 //   {"mode": "locale", "types": [node type, ...], "png": "shot.png"}
 //      add those nodes fresh (as from the node library) and report their titles and socket labels.
 //   {"mode": "blueprint", "api": "body_api.json", "out": "subgraphs/Name.json", "name": ..., "description": ...,
-//    "keep": ["LoadImage", ...], "promote": [[class_type, widget], ...]}
+//    "keep": ["LoadImage", ...], "promote": [[class_type, widget, label?], ...]}
 //      load an API workflow, turn every node whose type is not in `keep` into one subgraph with the
 //      frontend's own "Convert to Subgraph", and write that node as the frontend publishes a blueprint
 //      (canvas._serializeItems of the subgraph node), with the promoted widgets shown on it.
@@ -224,8 +224,10 @@ try {
       for (const inner of subgraph.nodes) {
         if (job.models?.[inner.type]) inner.properties.models = job.models[inner.type];
       }
-      node.properties.proxyWidgets = job.promote.map(([type, widget]) => {
+      node.properties.proxyWidgets = job.promote.map(([type, widget, label]) => {
         const n = subgraph.nodes.find((x) => x.type === type);
+        // a label on the inner input names the widget on the blueprint's node (two loaders both say model_name)
+        if (label) n.inputs.find((i) => i.name === widget).label = label;
         return [String(n.id), widget];
       });
       const { nodes, subgraphs } = window.app.canvas._serializeItems([node]);
@@ -278,7 +280,8 @@ try {
       });
       return { title: node.title, inputs: node.inputs.filter((i) => !i.widget).map((i) => i.name),
                outputs: node.outputs.map((o) => o.name),
-               promoted: (node.widgets || []).map((w) => w.name), inner: node.subgraph.nodes.map((n) => n.type) };
+               promoted: (node.widgets || []).map((w) => w.name), labels: (node.widgets || []).map((w) => w.label ?? w.name),
+               inner: node.subgraph.nodes.map((n) => n.type) };
     }, { job, pack: job.pack || "ComfyUI-PDFNet" });
     const out = { mode: "run_blueprint", name: job.name, ...built };
     if (!built.title) return out;

@@ -35,7 +35,8 @@ _LOADERS = {
                                                     "resolution": 1024, "resize": "squash", "tta": False}},
 }
 _IN = {"in": {"class_type": "LoadImage", "inputs": {"image": "example.png"}}}
-_MODELS = [["PDFNetModelLoader", "model_name"], ["PDFNetDepthAnythingLoader", "model_name"]]
+# [class_type, widget, label shown on the blueprint's node]
+_MODELS = [["PDFNetModelLoader", "model_name", "pdfnet_model"], ["PDFNetDepthAnythingLoader", "model_name", "depth_model"]]
 
 BLUEPRINTS = {
     "Remove Background (PDFNet)": {
