@@ -198,18 +198,18 @@ def test_blueprints_are_served_and_one_runs_in_the_frontend(server):
     ours = sorted(e["name"] for e in listed.values() if e["info"]["node_pack"] == f"custom_nodes.{PACK_NAME}")
     assert ours == sorted(p.stem for p in (ROOT / "subgraphs").glob("*.json")), listed
     SHOTS.mkdir(parents=True, exist_ok=True)
-    png = SHOTS / "blueprint_replace_background.png"
-    out = run_jobs(server.url, [{"mode": "run_blueprint", "name": "Replace Background (PDFNet)", "png": str(png),
-                                 "inputs": {"image": "example.png", "background": "background.png"},
-                                 "widgets": SYNTHETIC}])
+    jobs = [{"mode": "run_blueprint", "name": "Replace Background (PDFNet)", "png": str(SHOTS / f"blueprint_{tag}.png"),
+             "inputs": {"image": "example.png", "background": "background.png"}, "widgets": SYNTHETIC,
+             "settings": {"Comfy.VueNodes.Enabled": vue}} for tag, vue in (("classic", False), ("nodes2", True))]
+    out = run_jobs(server.url, jobs)
     assert out["ok"], out
-    res = out["results"][0]
-    assert res.get("title") == "Replace Background (PDFNet)", res
-    assert res["inputs"] == ["image", "background"] and res["outputs"] == ["image"], res
-    assert {"model_name", "fit"} <= set(res["promoted"]), res["promoted"]
-    assert {"pdfnet_model", "depth_model", "fit"} <= set(res["labels"]), res["labels"]   # not model_name twice
-    assert res["run"]["ok"], (res["run"], server.log_tail(40))
-    assert res["shown"] == [{"type": "PreviewImage", "images": 1}], res["shown"]
+    for res in out["results"]:
+        assert res.get("title") == "Replace Background (PDFNet)", res
+        assert res["inputs"] == ["image", "background"] and res["outputs"] == ["image"], res
+        assert {"model_name", "fit"} <= set(res["promoted"]), res["promoted"]
+        assert {"pdfnet_model", "depth_model", "fit"} <= set(res["labels"]), res["labels"]   # not model_name twice
+        assert res["run"]["ok"], (res["run"], server.log_tail(40))
+        assert res["shown"] == [{"type": "PreviewImage", "images": 1}], res["shown"]
 
 
 def test_node_names_in_chinese_with_the_locale_set(server):
