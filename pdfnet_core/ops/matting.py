@@ -356,7 +356,8 @@ def _alpha(image: torch.Tensor, trimap: torch.Tensor, prior: torch.Tensor, confi
 def solve_alpha(image: torch.Tensor, trimap: torch.Tensor, prior: torch.Tensor,
                 config: MattingConfig = MattingConfig(), progress: Progress | None = None) -> torch.Tensor:
     """Alpha [H,W] for one image [H,W,3] given its trimap and prior mask [H,W] (see ``matte``)."""
-    return _alpha(image, trimap, prior, config, _Ticks(progress, _level_steps(*trimap.shape, config)))
+    h, w = trimap.shape
+    return _alpha(image, trimap, prior, config, _Ticks(progress, _level_steps(h, w, config)))
 
 
 def _halvings(h: int, w: int, config: MattingConfig) -> int:

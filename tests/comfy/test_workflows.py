@@ -83,3 +83,13 @@ def test_generative_background_with_the_checkpoint_branch_replaced(server):
     wf["15"] = {"class_type": "LoadImage", "inputs": {"image": "background.png"}}   # stands in for VAEDecode
     result = succeeded(server.run_workflow(wf))
     assert read_png(files_of(result, "7")[0]).shape == (*SIZE, 3)
+
+
+def test_hair_matting_compares_the_masks_cut_out_with_the_matted_one(server):
+    result = succeeded(server.run_workflow(workflow("hair_matting.json")))
+    rgba = read_png(files_of(result, "10")[0])
+    assert rgba.shape == (*SIZE, 4)
+    ui = result["outputs"]["8"]
+    before, after = (read_png(server.file_path(ui[k][0])) for k in ("pdfnet_before", "pdfnet_after"))
+    assert before.shape[:2] == after.shape[:2] == SIZE
+    assert np.abs(before.astype(int)[..., :3] - after.astype(int)[..., :3]).max() > 0   # matting changed the edge

@@ -57,7 +57,7 @@ def run_jobs(url: str, jobs: list[dict], timeout: float = 900) -> dict:
 # The shipped UI workflows (workflows/<name>.json), each with its API twin workflows/api/<name>.json.
 UI_WORKFLOWS = ("remove_background", "replace_background", "depth_and_mask", "batch_folder",
                 "remove_background_external_depth", "generative_background", "refine_composite",
-                "depth_estimate", "depth_anything_3")
+                "depth_estimate", "depth_anything_3", "hair_matting")
 
 # Weights that are not this pack's (so not in the registry of pdfnet_core.families): where ComfyUI's own templates
 # point for them.

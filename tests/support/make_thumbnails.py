@@ -5,7 +5,7 @@ and a few other folder names) and asks for `/api/workflow_templates/<pack>/<name
 picture. Each thumbnail is the graph of docs/images/workflow_<name>.png (the frontend's own rendering,
 written by make_ui_workflows.py), cropped to its nodes and padded to a square.
 
-    .venv/bin/python tests/support/make_thumbnails.py
+    .venv/bin/python tests/support/make_thumbnails.py [NAME ...]
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def thumbnail(shot: Path, out: Path) -> None:
 
 
 def main() -> int:
-    for name in UI_WORKFLOWS:
+    for name in sys.argv[1:] or UI_WORKFLOWS:
         out = ROOT / "workflows" / f"{name}.jpg"
         thumbnail(ROOT / "docs" / "images" / f"workflow_{name}.png", out)
         print(out, out.stat().st_size, "bytes")

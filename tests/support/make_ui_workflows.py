@@ -5,7 +5,7 @@ loader (app.loadApiJson) in headless Chromium, laid out, and saved with app.grap
 exactly what the frontend writes when a user saves. `models` metadata is added from
 pdfnet_core.families. A screenshot of each goes to docs/images/workflow_<name>.png for the README.
 
-    COMFY_DIR=... COMFY_PYTHON=... .venv/bin/python tests/browser/make_ui_workflows.py
+    COMFY_DIR=... COMFY_PYTHON=... .venv/bin/python tests/support/make_ui_workflows.py [NAME ...]
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def main() -> int:
             packs=[(str(ROOT), PACK_NAME)]) as srv:
         write_test_inputs(srv, Path(tmp))
         jobs = []
-        for name in UI_WORKFLOWS:
+        for name in sys.argv[1:] or UI_WORKFLOWS:
             api_path = ROOT / "workflows" / "api" / f"{name}.json"
             jobs.append({"mode": "export", "api": str(api_path), "ui_out": str(ROOT / "workflows" / f"{name}.json"),
                          "png": str(images / f"workflow_{name}.png"),
