@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -39,6 +40,15 @@ def missing_tools() -> str | None:
     if not playwright_dir():
         return f"playwright-core not found in {[p for p in PW_CANDIDATES if p]} (npm install playwright-core; set PW_DIR)"
     return None
+
+
+def maker_ready() -> bool:
+    """Whether the scripts that write shipped files through the real frontend (make_ui_workflows,
+    make_blueprints) can run here: a browser and COMFY_DIR; the reason is printed when not."""
+    why = missing_tools() or (None if os.environ.get("COMFY_DIR") else "COMFY_DIR is not set")
+    if why:
+        print(why, file=sys.stderr)
+    return why is None
 
 
 def run_jobs(url: str, jobs: list[dict], timeout: float = 900) -> dict:

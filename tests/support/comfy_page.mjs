@@ -442,14 +442,7 @@ try {
     }, { ui, name: path.basename(job.ui), widgets: job.widgets });
     const result = { mode: "check", ui: job.ui, ...info };
     if (job.queue) {
-      result.run = await page.evaluate(() => new Promise((resolve) => {
-        const api = window.app.api;
-        const done = (ev, ok) => resolve({ ok, type: ev.type, detail: ev.detail?.exception_message || null });
-        api.addEventListener("execution_success", (e) => done(e, true), { once: true });
-        api.addEventListener("execution_error", (e) => done(e, false), { once: true });
-        window.app.queuePrompt(0, 1).then((r) => { if (r === false) resolve({ ok: false, type: "not queued" }); });
-        setTimeout(() => resolve({ ok: false, type: "timeout" }), 240000);
-      }));
+      result.run = await queueAndWait();
       result.compare = await page.evaluate(async () => {
         const out = [];
         for (const node of window.app.graph._nodes.filter((n) => n.type === "PDFNetCompare")) {

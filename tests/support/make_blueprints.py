@@ -22,7 +22,7 @@ ROOT = HERE.parents[1]
 sys.path[:0] = [str(HERE), str(ROOT)]
 
 from comfy_support import PACK_NAME, import_harness, write_test_inputs  # noqa: E402
-from browser_support import missing_tools, models_of, run_jobs  # noqa: E402
+from browser_support import maker_ready, models_of, run_jobs  # noqa: E402
 
 # Nodes that stay outside the subgraph: their links become the blueprint's inputs and outputs.
 KEEP = ["LoadImage", "PreviewImage", "MaskPreview"]
@@ -97,9 +97,7 @@ def api_body(name: str) -> dict:
 
 
 def main() -> int:
-    why = missing_tools()
-    if why or not os.environ.get("COMFY_DIR"):
-        print(why or "COMFY_DIR is not set", file=sys.stderr)
+    if not maker_ready():
         return 2
     harness = import_harness()
     (ROOT / "subgraphs").mkdir(exist_ok=True)

@@ -20,7 +20,7 @@ ROOT = HERE.parents[1]
 sys.path[:0] = [str(HERE), str(HERE.parent), str(ROOT)]
 
 from comfy_support import PACK_NAME, import_harness, write_test_inputs  # noqa: E402
-from browser_support import UI_WORKFLOWS, missing_tools, models_of, run_jobs  # noqa: E402
+from browser_support import UI_WORKFLOWS, maker_ready, models_of, run_jobs  # noqa: E402
 
 MAX_PNG_BYTES = 300_000
 
@@ -37,9 +37,7 @@ def shrink_png(path: Path) -> None:
 
 
 def main() -> int:
-    why = missing_tools()
-    if why or not os.environ.get("COMFY_DIR"):
-        print(why or "COMFY_DIR is not set", file=sys.stderr)
+    if not maker_ready():
         return 2
     harness = import_harness()
     images = ROOT / "docs" / "images"
