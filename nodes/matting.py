@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from pdfnet_core import DESPILL_CHOICES, MATTING_FOREGROUND, DespillConfig, TrimapConfig
+from pdfnet_core import DESPILL_CHOICES, EDGE_SHIFT_MAX, MATTING_FOREGROUND, DespillConfig, TrimapConfig
 
 from . import host
 from .adapters import matte_images, matting_config
@@ -32,7 +32,7 @@ class PDFNetMatting(io.ComfyNode):
                                        "the segmenter was unsure of are always in the band."),
                 io.Float.Input("fine_hair", default=0.0, min=0.0, max=1.0, step=0.05,
                                tooltip="Widen the band outwards (up to 3x) to catch strands the mask lost entirely"),
-                io.Int.Input("edge_shift", default=0, min=-64, max=64,
+                io.Int.Input("edge_shift", default=0, min=-EDGE_SHIFT_MAX, max=EDGE_SHIFT_MAX,
                              tooltip="Choke (negative) or expand (positive) the final alpha edge by this many pixels"),
                 io.Combo.Input("despill", options=[*DESPILL_CHOICES, "color"], default="none",
                                tooltip="Remove a keyed background's colour cast from the subject: auto reads the key "

@@ -49,7 +49,8 @@ _export("pdfnet_core.ops.checks", "InputError", "InputTypeError", "check_image",
 _export("pdfnet_core.ops.refine", "refine_mask", "RefineConfig", "temporal_smooth", "GUIDES", "TEMPORAL_METHODS")
 _export("pdfnet_core.ops.refine", "keep_largest_component", "keep_central_component", "KEEP_COMPONENT")
 _export("pdfnet_core.ops.foreground", "estimate_foreground", "FOREGROUND_METHODS")
-_export("pdfnet_core.ops.matting", "matte", "matting_steps", "MattingConfig", "MATTING_FOREGROUND", "ALPHA_SOURCES")
+_export("pdfnet_core.ops.matting", "matte", "matting_steps", "MattingConfig", "MATTING_FOREGROUND", "EDGE_SHIFT_MAX",
+        "ALPHA_SOURCES")
 _export("pdfnet_core.ops.trimap", "TrimapConfig", "make_trimap")
 _export("pdfnet_core.ops.despill", "DespillConfig", "DESPILL_CHOICES", "despill")
 _export("pdfnet_core.ops.composite", "composite_over_color", "composite_over_image", "premultiply", "to_rgba",

@@ -33,7 +33,7 @@ from .models.pdfnet.revision import METADATA_EVIDENCE_KEY, METADATA_KEY, revisio
 from .ops.composite import FIT_MODES
 from .ops.despill import DESPILL_CHOICES, key_color
 from .ops.foreground import FOREGROUND_METHODS
-from .ops.matting import ALPHA_SOURCES
+from .ops.matting import ALPHA_SOURCES, EDGE_SHIFT_MAX
 from .ops.refine import GUIDES, RefineConfig
 from .precision import DTYPE_CHOICES, DTYPES, allow_tf32, default_dtype_name, resolve_device
 from .segment_options import AUTO_SIZE, RESIZE_MODES, SegmentOptions
@@ -295,6 +295,8 @@ def _cutout_config(args: argparse.Namespace) -> CutoutConfig:
                          "(to grow or shrink a mask without matting use --grow)")
     if not 0 <= args.fine_hair <= 1:
         raise UsageError(f"--fine-hair must be in 0..1, got {args.fine_hair}")
+    if abs(args.edge_shift) > EDGE_SHIFT_MAX:
+        raise UsageError(f"--edge-shift must be within -{EDGE_SHIFT_MAX}..{EDGE_SHIFT_MAX} pixels, got {args.edge_shift}")
     if not (args.rgba or args.mask or args.background or args.background_image):
         raise UsageError("nothing to write: drop --no-rgba or add --mask / --background")
     keys = CutoutConfig.__dataclass_fields__

@@ -44,10 +44,11 @@ from .trimap import UNKNOWN, TrimapConfig, band_radii, make_trimap
 # progress(done, total) after each tile; raising from it stops the work (pdfnet_core.specs.Progress)
 Progress = Callable[[int, int], None]
 
-__all__ = ["MattingConfig", "matte", "matting_steps", "solve_alpha", "MATTING_FOREGROUND", "ALPHA_SOURCES",
-           "alpha_from_mask"]
+__all__ = ["MattingConfig", "matte", "matting_steps", "solve_alpha", "MATTING_FOREGROUND", "EDGE_SHIFT_MAX",
+           "ALPHA_SOURCES", "alpha_from_mask"]
 
 MATTING_FOREGROUND = (*FOREGROUND_METHODS, "none")
+EDGE_SHIFT_MAX = 64   # pixels either way: a wider shift is a different mask, not an edge control
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,9 @@ class MattingConfig:
             raise ValueError("matting: need max_iterations >= 0, tolerance > 0, check_every >= 1")
         if self.tile_size < 0 or self.halo < 0 or self.coarse_band < 0 or self.foreground_halo < 0:
             raise ValueError(f"matting: tile_size and halo must be >= 0, got {self.tile_size}, {self.halo}")
+        if abs(self.edge_shift) > EDGE_SHIFT_MAX:
+            raise ValueError(f"matting: edge_shift must be within -{EDGE_SHIFT_MAX}..{EDGE_SHIFT_MAX} pixels, "
+                             f"got {self.edge_shift}")
         if self.foreground not in MATTING_FOREGROUND:
             raise ValueError(f"matting: foreground must be one of {', '.join(MATTING_FOREGROUND)}, "
                              f"got {self.foreground!r}")

@@ -103,6 +103,8 @@ def test_fine_hair_and_edge_shift_reach_the_matting_and_need_it(tmp_path, capsys
     assert "add --alpha matting" in capsys.readouterr().err
     assert main([*base, "--alpha", "matting", "--fine-hair", "2"]) == 2
     assert "--fine-hair must be in 0..1, got 2.0" in capsys.readouterr().err
+    assert main([*base, "--alpha", "matting", "--edge-shift=-65"]) == 2
+    assert "--edge-shift must be within -64..64 pixels, got -65" in capsys.readouterr().err
 
     def config(*flags):
         return _cutout_config(_parser().parse_args([*base, "--alpha", "matting", *flags]))

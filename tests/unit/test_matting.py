@@ -311,3 +311,9 @@ def test_edge_shift_expands_and_chokes_the_edge(strand_case):
     edge = lambda a: int((a[0, row, :32] >= 0.5).nonzero()[0])   # noqa: E731  first subject column
     assert edge(grown) == edge(base) - 2 and edge(choked) == edge(base) + 2
     assert float(grown.sum()) > float(base.sum()) > float(choked.sum())
+
+
+def test_an_edge_shift_past_the_limit_is_refused_with_the_range():
+    assert MattingConfig.from_options(network_size=1024, edge_shift=64).edge_shift == 64
+    with pytest.raises(ValueError, match=r"edge_shift must be within -64\.\.64 pixels, got 65"):
+        MattingConfig.from_options(network_size=1024, edge_shift=65)
